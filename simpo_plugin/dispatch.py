@@ -1,0 +1,87 @@
+"""How the host's tuner reaches a plugin stage.
+
+``llamafactory.train.tuner._training_function`` parses arguments with ``get_train_args`` and then branches on
+the stage name. The wrappers below make a plugin stage ride the ``dpo`` branch (the "carrier"): after the
+host has validated the config with the plugin stage's real name, the stage is relabelled as the carrier, and
+the carrier's ``run_dpo`` hands over to the registered workflow, which sees its own name again. The host keeps
+doing everything else it does for its stages: callbacks, the Ray path and process-group teardown.
+"""
+
+import functools
+from collections.abc import Callable
+from dataclasses import fields
+from typing import Any
+
+from transformers import HfArgumentParser
+
+from .registry import REGISTRY, StageRegistry
+
+
+CARRIER_STAGE = "dpo"
+RawArgs = dict[str, Any] | list[str]
+
+
+def given_keys(raw: RawArgs) -> set[str]:
+    """Keys the user set explicitly, from a YAML/JSON dict or from ``--key value`` tokens."""
+    if isinstance(raw, dict):
+        return set(raw)
+    return {token[2:].split("=", 1)[0] for token in raw if token.startswith("--")}
+
+
+def requested_stage(raw: RawArgs) -> str | None:
+    if isinstance(raw, dict):
+        return raw.get("stage")
+    for i, token in enumerate(raw):
+        if token == "--stage" and i + 1 < len(raw):
+            return raw[i + 1]
+        if token.startswith("--stage="):
+            return token.split("=", 1)[1]
+    return None
+
+
+def split_stage_args(raw: RawArgs, args_class: type) -> tuple[RawArgs, Any]:
+    """Separate the stage's own keys from the host's; returns (host args, parsed stage dataclass)."""
+    names = {f.name for f in fields(args_class)}
+    if isinstance(raw, dict):
+        return {k: v for k, v in raw.items() if k not in names}, args_class(**{k: raw[k] for k in raw if k in names})
+
+    parser = HfArgumentParser(args_class, allow_abbrev=False)
+    stage_args, remaining = parser.parse_args_into_dataclasses(args=raw, return_remaining_strings=True)
+    return remaining, stage_args
+
+
+def wrap_get_train_args(original: Callable[..., tuple], registry: StageRegistry = REGISTRY) -> Callable[..., tuple]:
+    from llamafactory.hparams import read_args
+
+    @functools.wraps(original)
+    def get_train_args(args: RawArgs | None = None) -> tuple:
+        raw = read_args(args)
+        name = requested_stage(raw)
+        if name not in registry or "-h" in raw or "--help" in raw:
+            return original(raw)
+
+        stage = registry.get(name)
+        host_raw, stage_args = split_stage_args(raw, stage.args_class)
+        model_args, data_args, training_args, finetuning_args, generating_args = original(host_raw)
+        finetuning_args.stage_args = stage.resolve(
+            stage_args, given_keys(raw), model_args, data_args, training_args, finetuning_args
+        )
+        finetuning_args.plugin_stage = name
+        finetuning_args.stage = CARRIER_STAGE
+        return model_args, data_args, training_args, finetuning_args, generating_args
+
+    get_train_args.__simpo_original__ = original
+    return get_train_args
+
+
+def wrap_carrier_run(original: Callable[..., None], registry: StageRegistry = REGISTRY) -> Callable[..., None]:
+    @functools.wraps(original)
+    def run_dpo(model_args, data_args, training_args, finetuning_args, callbacks=None) -> None:  # noqa: ANN001
+        name = getattr(finetuning_args, "plugin_stage", None)
+        if name is None:
+            return original(model_args, data_args, training_args, finetuning_args, callbacks)
+        finetuning_args.stage = name
+        return registry.get(name).run(model_args, data_args, training_args, finetuning_args, callbacks)
+
+    run_dpo.__simpo_original__ = original
+    return run_dpo

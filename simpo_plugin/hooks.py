@@ -1,0 +1,59 @@
+"""Host-side half of the startup hook: load plugin stages and register wrapt post-import hooks.
+
+Runs once, when the interpreter first imports ``llamafactory`` (see :mod:`simpo_plugin._startup`). Each hook
+runs at once if its target module is already imported, otherwise right after that module is imported.
+"""
+
+import sys
+from collections.abc import Callable
+from types import ModuleType, TracebackType
+
+import wrapt
+
+from . import patches
+from ._startup import _warn
+from .hparams import SimPOArgumentError
+from .registry import REGISTRY
+
+
+HOST_HOOKS: dict[str, Callable[[ModuleType], bool]] = {
+    "llamafactory.hparams.finetuning_args": patches.patch_stage_choices,
+    "llamafactory.train.tuner": patches.patch_tuner,
+}
+_installed = False
+
+
+def _guarded(patch: Callable[[ModuleType], bool]) -> Callable[[ModuleType], None]:
+    """A failing patch prints one actionable line and leaves the host module as it was."""
+
+    def hook(module: ModuleType) -> None:
+        try:
+            patch(module)
+        except Exception as exc:  # noqa: BLE001
+            _warn(f"could not patch `{module.__name__}` ({exc}); `stage: simpo` is unavailable, other stages work")
+
+    return hook
+
+
+def _excepthook(
+    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None, previous: Callable = sys.excepthook
+) -> None:
+    """Configuration mistakes reach CLI users as one line, not a traceback."""
+    if issubclass(exc_type, SimPOArgumentError):
+        sys.stderr.write(f"simpo-plugin: error: {exc}\n")
+    else:
+        previous(exc_type, exc, tb)
+
+
+def install_host_hooks() -> bool:
+    """Idempotent; returns whether this call installed the hooks."""
+    global _installed
+    if _installed:
+        return False
+    _installed = True
+    REGISTRY.load_entry_points()
+    for module_name, patch in HOST_HOOKS.items():
+        wrapt.register_post_import_hook(_guarded(patch), module_name)
+    if sys.excepthook is sys.__excepthook__:
+        sys.excepthook = _excepthook
+    return True

@@ -1,0 +1,149 @@
+"""SimPO's hyperparameters: the keys ``stage: simpo`` adds, and their resolution against the host's keys.
+
+SimPO reuses three host keys (``pref_beta``, ``simpo_gamma``, ``pref_ftx``) so that configs read the same as
+the host's built-in ``pref_loss: simpo``; only the defaults differ (the paper's, not DPO's). The target margin
+has two conventions: ``simpo_gamma`` is the absolute margin gamma (LLaMA-Factory, TRL, Liger), and
+``simpo_gamma_beta_ratio`` is gamma/beta (the official SimPO configs' ``gamma_beta_ratio``).
+"""
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+
+if TYPE_CHECKING:
+    from llamafactory.hparams import DataArguments, FinetuningArguments, ModelArguments, TrainingArguments
+
+
+DEFAULT_BETA = 2.0
+DEFAULT_GAMMA_BETA_RATIO = 0.5
+LOSS_TYPES = ("sigmoid", "hinge")
+
+# Host keys that only make sense for DPO; giving one under `stage: simpo` is an error, with this hint.
+_DPO_ONLY_KEYS = {
+    "pref_loss": "SimPO has its own loss switch: use `simpo_loss_type: sigmoid` or `simpo_loss_type: hinge`.",
+    "dpo_label_smoothing": "use `simpo_label_smoothing` instead.",
+    "ref_model": "SimPO is reference-free: remove it.",
+    "ref_model_adapters": "SimPO is reference-free: remove it.",
+    "ref_model_quantization_bit": "SimPO is reference-free: remove it.",
+    "pref_bco_weight": "BCO needs a reference model, which SimPO does not have: remove it.",
+    "ld_alpha": "SimPO already normalizes by length (the mean log-prob): remove it.",
+}
+
+
+class SimPOArgumentError(ValueError):
+    """A SimPO configuration error; the CLI prints it as one line without a traceback."""
+
+
+@dataclass
+class SimPOArguments:
+    """Keys that ``stage: simpo`` adds to the host's YAML/CLI arguments."""
+
+    simpo_gamma_beta_ratio: float | None = field(
+        default=None,
+        metadata={
+            "help": "Target margin as gamma/beta (the official SimPO `gamma_beta_ratio`). Give this or "
+            "`simpo_gamma`, not both; 0.5 when neither is given."
+        },
+    )
+    simpo_loss_type: Literal["sigmoid", "hinge"] = field(
+        default="sigmoid",
+        metadata={"help": "`sigmoid`: -log sigmoid(margin) as in the paper; `hinge`: relu(1 - margin)."},
+    )
+    simpo_label_smoothing: float = field(
+        default=0.0,
+        metadata={"help": "Probability in [0, 0.5) that a preference label is flipped (sigmoid loss only)."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.simpo_loss_type not in LOSS_TYPES:
+            raise SimPOArgumentError(
+                f"`simpo_loss_type` must be one of {', '.join(LOSS_TYPES)}, got `{self.simpo_loss_type}`."
+            )
+        if self.simpo_gamma_beta_ratio is not None and self.simpo_gamma_beta_ratio < 0:
+            raise SimPOArgumentError(
+                f"`simpo_gamma_beta_ratio` must be >= 0, got {self.simpo_gamma_beta_ratio}; "
+                "the paper's settings use 0.1-0.8."
+            )
+        if not 0.0 <= self.simpo_label_smoothing < 0.5:
+            raise SimPOArgumentError(
+                f"`simpo_label_smoothing` must be in [0, 0.5), got {self.simpo_label_smoothing}; "
+                "0.5 would make chosen and rejected interchangeable."
+            )
+        if self.simpo_label_smoothing > 0 and self.simpo_loss_type != "sigmoid":
+            raise SimPOArgumentError(
+                "`simpo_label_smoothing` only applies to `simpo_loss_type: sigmoid`; remove it or switch the loss."
+            )
+
+
+@dataclass(frozen=True)
+class SimPOConfig:
+    """The resolved objective that the trainer computes."""
+
+    beta: float
+    gamma: float
+    loss_type: str = "sigmoid"
+    label_smoothing: float = 0.0
+    sft_weight: float = 0.0
+
+    @property
+    def gamma_beta_ratio(self) -> float:
+        return self.gamma / self.beta
+
+    def summary(self) -> str:
+        return (
+            f"SimPO objective: beta={self.beta:g}, gamma={self.gamma:g} (gamma/beta={self.gamma_beta_ratio:g}), "
+            f"loss_type={self.loss_type}, label_smoothing={self.label_smoothing:g}, sft_weight={self.sft_weight:g}"
+        )
+
+
+def resolve_simpo_args(
+    args: SimPOArguments,
+    given_keys: set[str],
+    model_args: "ModelArguments",
+    data_args: "DataArguments",
+    training_args: "TrainingArguments",
+    finetuning_args: "FinetuningArguments",
+) -> SimPOConfig:
+    """Apply SimPO's defaults to the host keys the user left unset, and reject combinations that make no sense.
+
+    Raises:
+        SimPOArgumentError: naming the offending key and what to change.
+    """
+    for key in sorted(_DPO_ONLY_KEYS.keys() & given_keys):
+        raise SimPOArgumentError(
+            f"`{key}` is a DPO option and has no meaning under `stage: simpo`; {_DPO_ONLY_KEYS[key]}"
+        )
+    if getattr(finetuning_args, "use_mca", False):
+        raise SimPOArgumentError("`use_mca` (Megatron core) is not supported by `stage: simpo`; remove it.")
+
+    if "pref_beta" not in given_keys:
+        finetuning_args.pref_beta = DEFAULT_BETA
+    beta = float(finetuning_args.pref_beta)
+    if not beta > 0:
+        raise SimPOArgumentError(f"`pref_beta` must be > 0, got {beta}; the paper uses 2.0-10.0.")
+
+    if "simpo_gamma" in given_keys and args.simpo_gamma_beta_ratio is not None:
+        raise SimPOArgumentError(
+            "Give either `simpo_gamma` (absolute margin) or `simpo_gamma_beta_ratio` (gamma/beta), not both; "
+            f"got simpo_gamma={finetuning_args.simpo_gamma} and simpo_gamma_beta_ratio={args.simpo_gamma_beta_ratio}."
+        )
+    if "simpo_gamma" in given_keys:
+        gamma = float(finetuning_args.simpo_gamma)
+        if gamma < 0:
+            raise SimPOArgumentError(f"`simpo_gamma` must be >= 0, got {gamma}.")
+    else:
+        ratio = DEFAULT_GAMMA_BETA_RATIO if args.simpo_gamma_beta_ratio is None else args.simpo_gamma_beta_ratio
+        gamma = ratio * beta
+        finetuning_args.simpo_gamma = gamma  # keep the host's field truthful for reporters and saved configs
+
+    sft_weight = float(finetuning_args.pref_ftx)
+    if sft_weight < 0:
+        raise SimPOArgumentError(f"`pref_ftx` (SFT weight) must be >= 0, got {sft_weight}.")
+
+    return SimPOConfig(
+        beta=beta,
+        gamma=gamma,
+        loss_type=args.simpo_loss_type,
+        label_smoothing=args.simpo_label_smoothing,
+        sft_weight=sft_weight,
+    )

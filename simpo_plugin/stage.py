@@ -1,0 +1,25 @@
+"""The SimPO stage record, advertised under the ``llamafactory.stages`` entry point.
+
+Importing this module must stay cheap (no torch): the host loads it while ``llamafactory`` itself is imported.
+"""
+
+from typing import Any
+
+from .hparams import SimPOArguments, resolve_simpo_args
+from .registry import Stage
+
+
+def _run_workflow(*args: Any, **kwargs: Any) -> None:
+    from .workflow import run_simpo
+
+    run_simpo(*args, **kwargs)
+
+
+SIMPO_STAGE = Stage(
+    name="simpo",
+    run=_run_workflow,
+    args_class=SimPOArguments,
+    resolve=resolve_simpo_args,
+    label="SimPO",
+    uses_pair_data=True,
+)

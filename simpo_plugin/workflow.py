@@ -1,0 +1,123 @@
+"""run_simpo: the SimPO stage, wired from the host's own building blocks in the order of its ``run_dpo``."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from llamafactory.data import PairwiseDataCollatorWithPadding, get_dataset, get_template_and_fix_tokenizer
+from llamafactory.data.parser import get_dataset_list
+from llamafactory.extras import logging
+from llamafactory.extras.constants import IGNORE_INDEX
+from llamafactory.extras.misc import calculate_tps
+from llamafactory.extras.ploting import plot_loss
+from llamafactory.model import load_model, load_tokenizer
+from llamafactory.train.trainer_utils import create_modelcard_and_push
+
+from .hparams import SimPOArgumentError
+
+
+if TYPE_CHECKING:
+    from llamafactory.hparams import DataArguments, FinetuningArguments, ModelArguments
+    from transformers import Seq2SeqTrainingArguments, TrainerCallback
+
+
+logger = logging.get_logger("llamafactory.simpo")  # inherit the host's log handler and format
+
+PLOT_KEYS = ["loss", "rewards/accuracies", "rewards/margins", "eval_loss", "eval_rewards/accuracies"]
+
+
+def check_preference_datasets(data_args: "DataArguments") -> None:
+    """Fail before any model is loaded when a configured dataset is not a ranking (chosen/rejected) dataset."""
+    for key in ("dataset", "eval_dataset"):
+        names = getattr(data_args, key) or []
+        for name, attr in zip(names, get_dataset_list(names, data_args.dataset_dir), strict=True):
+            if not attr.ranking:
+                raise SimPOArgumentError(
+                    f"Dataset `{name}` (from `{key}`) is not a preference dataset. SimPO trains on chosen/rejected "
+                    f'pairs: mark it `"ranking": true` in {data_args.dataset_dir}/dataset_info.json and give it '
+                    "chosen and rejected columns (alpaca) or messages (sharegpt)."
+                )
+
+
+@contextmanager
+def explain_dataset_errors(data_args: "DataArguments") -> Iterator[None]:
+    """Turn the loader's bare errors on malformed preference data into messages that name dataset and column."""
+    names = ", ".join(f"`{name}`" for name in (data_args.dataset or []) + (data_args.eval_dataset or []))
+    info = f"{data_args.dataset_dir}/dataset_info.json"
+    try:
+        yield
+    except KeyError as exc:
+        raise SimPOArgumentError(
+            f"Dataset {names}: a row has no column {exc}. SimPO needs a prompt and chosen/rejected responses; "
+            f"check the `columns` mapping in {info} and the data file."
+        ) from exc
+    except ValueError as exc:
+        if "corresponds to no data" in str(exc):
+            raise SimPOArgumentError(f"Dataset {names} is empty; add preference pairs to its file.") from exc
+        raise
+
+
+def run_simpo(
+    model_args: "ModelArguments",
+    data_args: "DataArguments",
+    training_args: "Seq2SeqTrainingArguments",
+    finetuning_args: "FinetuningArguments",
+    callbacks: list["TrainerCallback"] | None = None,
+) -> None:
+    simpo_config = finetuning_args.stage_args
+    logger.info_rank0(simpo_config.summary())
+    check_preference_datasets(data_args)
+
+    tokenizer_module = load_tokenizer(model_args)
+    tokenizer = tokenizer_module["tokenizer"]
+    template = get_template_and_fix_tokenizer(tokenizer, data_args)
+    with explain_dataset_errors(data_args):
+        dataset_module = get_dataset(template, model_args, data_args, training_args, stage="rm", **tokenizer_module)
+    if training_args.do_train and not len(dataset_module.get("train_dataset") or []):
+        raise SimPOArgumentError(
+            f"No training pairs left in {data_args.dataset} after preprocessing; check that the dataset is not empty "
+            f"and that `cutoff_len` ({data_args.cutoff_len}) leaves room for the responses."
+        )
+    model = load_model(tokenizer, model_args, finetuning_args, training_args.do_train)
+
+    data_collator = PairwiseDataCollatorWithPadding(
+        template=template,
+        model=model,
+        pad_to_multiple_of=8,
+        label_pad_token_id=IGNORE_INDEX if data_args.ignore_pad_token_for_loss else tokenizer.pad_token_id,
+        **tokenizer_module,
+    )
+
+    from .trainer import SimPOTrainer
+
+    trainer = SimPOTrainer(
+        model=model,
+        simpo_config=simpo_config,
+        args=training_args,
+        finetuning_args=finetuning_args,
+        data_collator=data_collator,
+        callbacks=callbacks,
+        **dataset_module,
+        **tokenizer_module,
+    )
+
+    if training_args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()
+        if finetuning_args.include_effective_tokens_per_second:
+            train_result.metrics["effective_tokens_per_sec"] = calculate_tps(
+                dataset_module["train_dataset"], train_result.metrics, stage="rm"
+            )
+
+        trainer.log_metrics("train", train_result.metrics)
+        trainer.save_metrics("train", train_result.metrics)
+        trainer.save_state()
+        if trainer.is_world_process_zero() and finetuning_args.plot_loss:
+            plot_loss(training_args.output_dir, keys=PLOT_KEYS)
+
+    if training_args.do_eval:
+        metrics = trainer.evaluate(metric_key_prefix="eval")
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+
+    create_modelcard_and_push(trainer, model_args, data_args, training_args, finetuning_args)

@@ -1,0 +1,96 @@
+"""SimPO keys are parsed by the host's own `get_train_args` (as the tuner sees it) with the paper's defaults."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from llamafactory.train import tuner
+
+from simpo_plugin.hparams import SimPOArgumentError, SimPOConfig
+
+
+def parse(tmp_path: Path, **keys: Any):
+    args = {
+        "model_name_or_path": str(tmp_path / "model"),
+        "stage": "simpo",
+        "do_train": True,
+        "dataset": "any",
+        "template": "default",
+        "output_dir": str(tmp_path / "out"),
+        "report_to": "none",
+    }
+    args.update(keys)
+    return tuner.get_train_args(args)
+
+
+def test_defaults_are_the_papers(tmp_path: Path) -> None:
+    _, _, _, finetuning_args, _ = parse(tmp_path)
+    assert finetuning_args.stage_args == SimPOConfig(beta=2.0, gamma=1.0)
+    assert finetuning_args.pref_beta == 2.0 and finetuning_args.simpo_gamma == 1.0
+    assert finetuning_args.use_ref_model is False
+    assert finetuning_args.plugin_stage == "simpo"
+
+
+@pytest.mark.parametrize(
+    ("keys", "beta", "gamma"),
+    [
+        ({"pref_beta": 0.1}, 0.1, 0.05),  # an explicit value always wins, even the host's DPO default
+        ({"pref_beta": 10.0, "simpo_gamma_beta_ratio": 0.3}, 10.0, 3.0),
+        ({"pref_beta": 2.5, "simpo_gamma": 1.4}, 2.5, 1.4),
+        ({"simpo_gamma": 0.0}, 2.0, 0.0),
+    ],
+)
+def test_user_values_win(tmp_path: Path, keys: dict, beta: float, gamma: float) -> None:
+    config = parse(tmp_path, **keys)[3].stage_args
+    assert config.beta == pytest.approx(beta) and config.gamma == pytest.approx(gamma)
+    assert config.gamma_beta_ratio == pytest.approx(gamma / beta)
+
+
+def test_loss_options_and_sft_weight(tmp_path: Path) -> None:
+    config = parse(tmp_path, simpo_loss_type="hinge", pref_ftx=0.3)[3].stage_args
+    assert (config.loss_type, config.sft_weight, config.label_smoothing) == ("hinge", 0.3, 0.0)
+    config = parse(tmp_path, simpo_label_smoothing=0.1)[3].stage_args
+    assert (config.loss_type, config.label_smoothing) == ("sigmoid", 0.1)
+
+
+def test_command_line_flags(tmp_path: Path) -> None:
+    argv = ["--model_name_or_path", str(tmp_path), "--stage", "simpo", "--do_train", "--dataset", "any"]
+    argv += ["--output_dir", str(tmp_path / "o"), "--simpo_gamma_beta_ratio", "0.8", "--pref_beta=2.5"]
+    config = tuner.get_train_args(argv)[3].stage_args
+    assert config.beta == 2.5 and config.gamma == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(
+    ("keys", "named"),
+    [
+        ({"pref_beta": 0.0}, "pref_beta"),
+        ({"pref_beta": -1.0}, "pref_beta"),
+        ({"simpo_gamma": -0.5}, "simpo_gamma"),
+        ({"simpo_gamma_beta_ratio": -0.1}, "simpo_gamma_beta_ratio"),
+        ({"simpo_gamma": 0.5, "simpo_gamma_beta_ratio": 0.5}, "simpo_gamma_beta_ratio"),
+        ({"simpo_label_smoothing": 0.5}, "simpo_label_smoothing"),
+        ({"simpo_label_smoothing": -0.1}, "simpo_label_smoothing"),
+        ({"simpo_label_smoothing": 0.1, "simpo_loss_type": "hinge"}, "simpo_label_smoothing"),
+        ({"simpo_loss_type": "ipo"}, "simpo_loss_type"),
+        ({"pref_ftx": -1.0}, "pref_ftx"),
+        ({"ref_model": "some/model"}, "ref_model"),
+        ({"pref_loss": "sigmoid"}, "pref_loss"),
+        ({"dpo_label_smoothing": 0.1}, "dpo_label_smoothing"),
+        ({"ld_alpha": 0.5}, "ld_alpha"),
+    ],
+)
+def test_invalid_values_name_the_key(tmp_path: Path, keys: dict, named: str) -> None:
+    with pytest.raises(SimPOArgumentError, match=f"`{named}`"):
+        parse(tmp_path, **keys)
+
+
+def test_simpo_keys_are_rejected_outside_simpo(tmp_path: Path) -> None:
+    """Other stages are parsed by the untouched host parser, which rejects unknown keys."""
+    with pytest.raises(ValueError, match="simpo_gamma_beta_ratio"):
+        parse(tmp_path, stage="dpo", simpo_gamma_beta_ratio=0.5)
+
+
+def test_dpo_keeps_host_defaults(tmp_path: Path) -> None:
+    _, _, _, finetuning_args, _ = parse(tmp_path, stage="dpo")
+    assert finetuning_args.stage == "dpo" and finetuning_args.pref_beta == 0.1
+    assert not hasattr(finetuning_args, "plugin_stage")

@@ -1,0 +1,94 @@
+"""The `.pth` startup hook: cheap, lazy, idempotent, opt-out, and never breaks the interpreter."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from simpo_plugin import _startup
+
+
+STARTUP_BUDGET_US = 5000
+
+
+def python(code: str, **env: str) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if k != "SIMPO_PLUGIN_DISABLE"}
+    full_env.update(env)
+    return subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=300)
+
+
+def plugin_import_us(stderr: str) -> int:
+    """Sum of self-times (us) of every simpo_plugin module in `-X importtime` output."""
+    total = 0
+    for line in stderr.splitlines():
+        if line.startswith("import time:") and "simpo_plugin" in line:
+            total += int(line.split("|")[0].split(":")[1])
+    return total
+
+
+def test_startup_is_cheap_and_imports_nothing_heavy() -> None:
+    probe = python(
+        "import sys; print(sorted(m for m in ('torch', 'wrapt', 'llamafactory', 'transformers') if m in sys.modules))"
+    )
+    assert probe.stdout.strip() == "[]"
+    timed = subprocess.run([sys.executable, "-X", "importtime", "-c", "pass"], capture_output=True, text=True)
+    cost = plugin_import_us(timed.stderr)
+    assert "simpo_plugin._startup" in timed.stderr, "the .pth line did not run"
+    assert cost < STARTUP_BUDGET_US, f"startup hook costs {cost} us"
+
+
+def test_host_import_installs_hooks() -> None:
+    out = python("import llamafactory.train.tuner as t; print(hasattr(t.get_train_args, '__simpo_original__'))")
+    assert out.stdout.strip().splitlines()[-1] == "True", out.stderr
+
+
+def test_opt_out_removes_every_trace() -> None:
+    code = (
+        "import sys, llamafactory.train.tuner as t\n"
+        "from llamafactory.hparams import FinetuningArguments as F\n"
+        "print(sorted(m for m in sys.modules if m.startswith('simpo_plugin')), "
+        "hasattr(t.get_train_args, '__simpo_original__'), 'simpo' in str(F.__annotations__['stage']))"
+    )
+    out = python(code, SIMPO_PLUGIN_DISABLE="1")
+    assert out.stdout.strip().splitlines()[-1] == "[] False False", out.stderr
+
+
+def test_install_is_idempotent() -> None:
+    assert _startup.install() is False  # already armed or handed over in this interpreter
+    assert sum(isinstance(f, _startup.HostImportWatcher) for f in sys.meta_path) <= 1
+
+
+def test_missing_host_imports_fail_as_usual(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_startup, "HOST_PACKAGE", "no_such_host_package_xyz")
+    watcher = _startup.HostImportWatcher()
+    monkeypatch.setattr(sys, "meta_path", [watcher, *sys.meta_path])
+    with pytest.raises(ModuleNotFoundError, match="no_such_host_package_xyz"):
+        __import__("no_such_host_package_xyz")
+    assert watcher not in sys.meta_path
+
+
+def _fake_host(root: Path, init: str = "", finetuning_args: str = "") -> Path:
+    package = root / "llamafactory"
+    (package / "hparams").mkdir(parents=True)
+    (package / "__init__.py").write_text(textwrap.dedent(init))
+    (package / "hparams" / "__init__.py").write_text("")
+    (package / "hparams" / "finetuning_args.py").write_text(textwrap.dedent(finetuning_args))
+    return root
+
+
+def test_broken_host_import_is_the_hosts_error(tmp_path: Path) -> None:
+    root = _fake_host(tmp_path, init="raise RuntimeError('host is broken')")
+    assert python("pass", PYTHONPATH=str(root)).returncode == 0
+    out = python("import llamafactory", PYTHONPATH=str(root))
+    assert out.returncode != 0 and "host is broken" in out.stderr and "simpo-plugin" not in out.stderr
+
+
+def test_incompatible_host_gives_one_warning_and_works(tmp_path: Path) -> None:
+    root = _fake_host(tmp_path, finetuning_args="VALUE = 1\n")  # no FinetuningArguments to patch
+    out = python("import llamafactory.hparams.finetuning_args as m; print(m.VALUE)", PYTHONPATH=str(root))
+    assert out.returncode == 0 and out.stdout.strip() == "1"
+    warnings = [line for line in out.stderr.splitlines() if "simpo-plugin" in line]
+    assert len(warnings) == 1 and "FinetuningArguments" in warnings[0] and "SIMPO_PLUGIN_DISABLE" in warnings[0]
