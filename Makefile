@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 DEMO_DIR ?= demo_output
 
-.PHONY: setup demo test lint clean
+.PHONY: setup chromium demo test lint clean
 
 setup: $(VENV)/.installed
 
@@ -18,9 +18,16 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(PY) -m simpo_plugin.testing $(DEMO_DIR)
 	llamafactory-cli train examples/demo/simpo_demo.yaml
-	@echo "Trained model, logs and plots (training_*.png) are in $(DEMO_DIR)/simpo-tiny-full"
+	@echo "Trained model, trainer_log.jsonl and plots (training_simpo_*.png) are in $(DEMO_DIR)/simpo-tiny-full"
 
-test: setup
+# The web UI browser test drives Debian's Chromium through Playwright (no browser download); it is skipped,
+# with the reason printed, only where Chromium cannot be installed.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "make: could not install chromium; the browser test will be skipped"
+
+test: setup chromium
 	$(PY) -m ruff check simpo_plugin tests
 	$(PY) -m pytest -q -p no:cacheprovider tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 

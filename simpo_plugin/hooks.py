@@ -19,6 +19,10 @@ from .registry import REGISTRY
 HOST_HOOKS: dict[str, Callable[[ModuleType], bool]] = {
     "llamafactory.hparams.finetuning_args": patches.patch_stage_choices,
     "llamafactory.train.tuner": patches.patch_tuner,
+    "llamafactory.extras.constants": patches.patch_stage_constants,
+    "llamafactory.webui.locales": patches.patch_locales,
+    "llamafactory.webui.interface": patches.patch_train_tab,
+    "llamafactory.webui.runner": patches.patch_runner,
 }
 _installed = False
 

@@ -54,7 +54,36 @@ class SimPOArguments:
         metadata={"help": "Probability in [0, 0.5) that a preference label is flipped (sigmoid loss only)."},
     )
 
+    simpo_length_normalization: bool = field(
+        default=True,
+        metadata={
+            "help": "Reward = beta x MEAN token log-prob (SimPO). False uses the SUM, the paper's ablation that lets "
+            "the model exploit length; for studies only."
+        },
+    )
+    simpo_lean_logps: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute log-probs only at response positions, in chunks, without full-vocabulary logits "
+            "(exact; falls back to the plain path for models that cannot be split into body and head)."
+        },
+    )
+    simpo_logps_chunk_size: int = field(
+        default=1024,
+        metadata={"help": "Response tokens per chunk of the lean path; peak memory ~ chunk x vocabulary x 4 bytes."},
+    )
+    simpo_prefix_sharing: bool = field(
+        default=True,
+        metadata={"help": "Encode [prompt][chosen][rejected] so each prompt is computed once (sdpa/eager attention)."},
+    )
+    simpo_padding_free: bool = field(
+        default=False,
+        metadata={"help": "Pack the whole batch into one row without padding (block-diagonal attention mask)."},
+    )
+
     def __post_init__(self) -> None:
+        if self.simpo_logps_chunk_size < 1:
+            raise SimPOArgumentError(f"`simpo_logps_chunk_size` must be >= 1, got {self.simpo_logps_chunk_size}.")
         if self.simpo_loss_type not in LOSS_TYPES:
             raise SimPOArgumentError(
                 f"`simpo_loss_type` must be one of {', '.join(LOSS_TYPES)}, got `{self.simpo_loss_type}`."
@@ -84,6 +113,11 @@ class SimPOConfig:
     loss_type: str = "sigmoid"
     label_smoothing: float = 0.0
     sft_weight: float = 0.0
+    length_normalization: bool = True
+    lean_logps: bool = True
+    logps_chunk_size: int = 1024
+    prefix_sharing: bool = True
+    padding_free: bool = False
 
     @property
     def gamma_beta_ratio(self) -> float:
@@ -93,6 +127,7 @@ class SimPOConfig:
         return (
             f"SimPO objective: beta={self.beta:g}, gamma={self.gamma:g} (gamma/beta={self.gamma_beta_ratio:g}), "
             f"loss_type={self.loss_type}, label_smoothing={self.label_smoothing:g}, sft_weight={self.sft_weight:g}"
+            + ("" if self.length_normalization else ", length_normalization=False (ablation: summed log-probs)")
         )
 
 
@@ -146,4 +181,9 @@ def resolve_simpo_args(
         loss_type=args.simpo_loss_type,
         label_smoothing=args.simpo_label_smoothing,
         sft_weight=sft_weight,
+        length_normalization=args.simpo_length_normalization,
+        lean_logps=args.simpo_lean_logps,
+        logps_chunk_size=args.simpo_logps_chunk_size,
+        prefix_sharing=args.simpo_prefix_sharing,
+        padding_free=args.simpo_padding_free,
     )

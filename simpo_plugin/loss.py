@@ -32,7 +32,8 @@ def simpo_loss(
     - hinge: ``relu(1 - h)``,
 
     averaged over pairs, plus ``sft_weight`` times the chosen responses' NLL per token (token-level mean over the
-    batch, as the official ``sft_weight`` cross-entropy term).
+    batch, as the official ``sft_weight`` cross-entropy term). With ``config.length_normalization`` off (an
+    ablation), ``r = beta * log pi(y|x)`` uses the summed log-prob instead.
 
     Args:
         chosen_logps: (B,) sum of token log-probs of each chosen response, fp32.
@@ -44,8 +45,10 @@ def simpo_loss(
     Returns:
         The scalar loss, per-pair losses, rewards (detached) and the SFT term.
     """
-    chosen_avg = chosen_logps / chosen_lengths
-    rejected_avg = rejected_logps / rejected_lengths
+    if config.length_normalization:
+        chosen_avg, rejected_avg = chosen_logps / chosen_lengths, rejected_logps / rejected_lengths
+    else:  # the paper's "w/o length normalization" ablation: rewards from summed log-probs
+        chosen_avg, rejected_avg = chosen_logps, rejected_logps
     margin = config.beta * (chosen_avg - rejected_avg) - config.gamma
 
     if config.loss_type == "sigmoid":

@@ -5,6 +5,11 @@ Touch-points (LLaMA-Factory 0.9.x):
   stage names, so ``--stage simpo`` passes argparse's choices check.
 - ``llamafactory.train.tuner.get_train_args`` / ``run_dpo``: the names the tuner looks up are replaced by the
   dispatching wrappers of :mod:`simpo_plugin.dispatch`.
+- ``llamafactory.extras.constants``: ``TRAINING_STAGES`` (web UI dropdown) and ``STAGES_USE_PAIR_DATA`` gain the
+  registered stages.
+- ``llamafactory.webui.locales.LOCALES``: the stages' widget labels in every UI language.
+- ``llamafactory.webui.interface.create_train_tab``: the Train tab gains each stage's widgets.
+- ``llamafactory.webui.runner.Runner._parse_train_args``: a plugin stage's widgets become its YAML keys.
 """
 
 import sys
@@ -86,4 +91,88 @@ def unpatch_tuner(module: ModuleType | None = None) -> bool:
         return False
     module.get_train_args = module.get_train_args.__simpo_original__
     module.run_dpo = module.run_dpo.__simpo_original__
+    return True
+
+
+def patch_stage_constants(module: ModuleType | None = None, registry: StageRegistry = REGISTRY) -> bool:
+    module = module or sys.modules["llamafactory.extras.constants"]
+    stages, pair_stages = _require(module, "TRAINING_STAGES"), _require(module, "STAGES_USE_PAIR_DATA")
+    added = module.__dict__.setdefault("__simpo_added__", [])
+    for name in registry.names():
+        stage = registry.get(name)
+        if stage.label not in stages:
+            stages[stage.label] = name
+            added.append(stage.label)
+        if stage.uses_pair_data and name not in pair_stages:
+            pair_stages.add(name)
+            added.append(name)
+    return bool(added)
+
+
+def unpatch_stage_constants(module: ModuleType | None = None) -> bool:
+    module = module or sys.modules["llamafactory.extras.constants"]
+    added = module.__dict__.pop("__simpo_added__", [])
+    for key in added:
+        module.TRAINING_STAGES.pop(key, None)
+        module.STAGES_USE_PAIR_DATA.discard(key)
+    return bool(added)
+
+
+def _ui_stages(registry: StageRegistry) -> list:
+    return [registry.get(name) for name in registry.names() if registry.get(name).ui is not None]
+
+
+def patch_locales(module: ModuleType | None = None, registry: StageRegistry = REGISTRY) -> bool:
+    module = module or sys.modules["llamafactory.webui.locales"]
+    locales = _require(module, "LOCALES")
+    new = {k: v for stage in _ui_stages(registry) for k, v in stage.ui.locales.items() if k not in locales}
+    locales.update(new)
+    return bool(new)
+
+
+def patch_train_tab(module: ModuleType | None = None, registry: StageRegistry = REGISTRY) -> bool:
+    from .webui import wrap_create_train_tab
+
+    module = module or sys.modules["llamafactory.webui.interface"]
+    original = _require(module, "create_train_tab")
+    if hasattr(original, "__simpo_original__"):
+        return False
+    module.create_train_tab = wrap_create_train_tab(original, _ui_stages(registry))
+    return True
+
+
+def unpatch_train_tab(module: ModuleType | None = None) -> bool:
+    module = module or sys.modules["llamafactory.webui.interface"]
+    if not hasattr(module.create_train_tab, "__simpo_original__"):
+        return False
+    module.create_train_tab = module.create_train_tab.__simpo_original__
+    return True
+
+
+def patch_runner(module: ModuleType | None = None, registry: StageRegistry = REGISTRY) -> bool:
+    module = module or sys.modules["llamafactory.webui.runner"]
+    runner = _require(module, "Runner")
+    original = _require(runner, "_parse_train_args")
+    if hasattr(original, "__simpo_original__"):
+        return False
+
+    def _parse_train_args(self, data: dict) -> dict:  # noqa: ANN001
+        args = original(self, data)
+        if args.get("stage") in registry and registry.get(args["stage"]).ui is not None:
+            args.update(
+                registry.get(args["stage"]).ui.to_args(lambda elem_id: data[self.manager.get_elem_by_id(elem_id)])
+            )
+        return args
+
+    _parse_train_args.__simpo_original__ = original
+    runner._parse_train_args = _parse_train_args
+    return True
+
+
+def unpatch_runner(module: ModuleType | None = None) -> bool:
+    module = module or sys.modules["llamafactory.webui.runner"]
+    current = module.Runner._parse_train_args
+    if not hasattr(current, "__simpo_original__"):
+        return False
+    module.Runner._parse_train_args = current.__simpo_original__
     return True

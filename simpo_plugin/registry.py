@@ -28,6 +28,7 @@ class Stage:
             ``finetuning_args.stage_args``.
         label: name shown in the LLaMA Board stage dropdown.
         uses_pair_data: whether the stage trains on ranking (chosen/rejected) datasets.
+        ui: its LLaMA Board widgets (a :class:`simpo_plugin.webui.StageUI`), or None for no web UI controls.
     """
 
     name: str
@@ -36,6 +37,7 @@ class Stage:
     resolve: Callable[..., Any]
     label: str
     uses_pair_data: bool = True
+    ui: Any = None
 
 
 class StageRegistry:

@@ -7,6 +7,7 @@ from typing import Any
 
 from .hparams import SimPOArguments, resolve_simpo_args
 from .registry import Stage
+from .webui import SIMPO_UI
 
 
 def _run_workflow(*args: Any, **kwargs: Any) -> None:
@@ -22,4 +23,5 @@ SIMPO_STAGE = Stage(
     resolve=resolve_simpo_args,
     label="SimPO",
     uses_pair_data=True,
+    ui=SIMPO_UI,
 )

@@ -9,12 +9,12 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from llamafactory.extras.constants import IGNORE_INDEX
 from llamafactory.train.dpo.trainer import CustomDPOTrainer
-from llamafactory.train.trainer_utils import get_batch_logps
 from transformers import Trainer
 from typing_extensions import override
 
+from .forward import SequenceLogps
+from .guards import NonFiniteGuard
 from .loss import SimPOLoss
 
 
@@ -38,16 +38,9 @@ class SimPOTrainer(CustomDPOTrainer):
     ) -> None:
         super().__init__(model=model, ref_model=None, finetuning_args=finetuning_args, processor=processor, **kwargs)
         self.simpo_loss = SimPOLoss(simpo_config)
+        self.sequence_logps = SequenceLogps(simpo_config)
+        self.add_callback(NonFiniteGuard())
         self._stored_metrics = defaultdict(lambda: defaultdict(list))
-
-    def sequence_logps(
-        self, model: "PreTrainedModel", batch: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sum of response-token log-probs (fp32) and response lengths for every row of the batch: (2B,), (2B,)."""
-        batch = dict(batch)
-        labels = batch.pop("labels")
-        logits = model(**batch, return_dict=True, use_cache=False).logits.to(torch.float32)
-        return get_batch_logps(logits=logits, labels=labels, label_pad_token_id=IGNORE_INDEX)
 
     @override
     def get_batch_loss_metrics(
@@ -57,7 +50,7 @@ class SimPOTrainer(CustomDPOTrainer):
         train_eval: Literal["train", "eval"] = "train",
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss and detached metrics of one batch laid out as [chosen rows; rejected rows]."""
-        logps, lengths = self.sequence_logps(model, batch)
+        logps, lengths = self.sequence_logps(model, self.accelerator.unwrap_model(model), batch)
         if bool((lengths == 0).any()):
             raise ValueError(
                 "A preference pair has an empty response after truncation to `cutoff_len`; its mean log-prob is "

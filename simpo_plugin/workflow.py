@@ -5,7 +5,6 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from llamafactory.data import PairwiseDataCollatorWithPadding, get_dataset, get_template_and_fix_tokenizer
-from llamafactory.data.parser import get_dataset_list
 from llamafactory.extras import logging
 from llamafactory.extras.constants import IGNORE_INDEX
 from llamafactory.extras.misc import calculate_tps
@@ -13,7 +12,9 @@ from llamafactory.extras.ploting import plot_loss
 from llamafactory.model import load_model, load_tokenizer
 from llamafactory.train.trainer_utils import create_modelcard_and_push
 
+from .data_checks import check_preference_datasets, check_raw_datasets, drop_empty_pairs
 from .hparams import SimPOArgumentError
+from .plots import plot_simpo_curves
 
 
 if TYPE_CHECKING:
@@ -22,21 +23,6 @@ if TYPE_CHECKING:
 
 
 logger = logging.get_logger("llamafactory.simpo")  # inherit the host's log handler and format
-
-PLOT_KEYS = ["loss", "rewards/accuracies", "rewards/margins", "eval_loss", "eval_rewards/accuracies"]
-
-
-def check_preference_datasets(data_args: "DataArguments") -> None:
-    """Fail before any model is loaded when a configured dataset is not a ranking (chosen/rejected) dataset."""
-    for key in ("dataset", "eval_dataset"):
-        names = getattr(data_args, key) or []
-        for name, attr in zip(names, get_dataset_list(names, data_args.dataset_dir), strict=True):
-            if not attr.ranking:
-                raise SimPOArgumentError(
-                    f"Dataset `{name}` (from `{key}`) is not a preference dataset. SimPO trains on chosen/rejected "
-                    f'pairs: mark it `"ranking": true` in {data_args.dataset_dir}/dataset_info.json and give it '
-                    "chosen and rejected columns (alpaca) or messages (sharegpt)."
-                )
 
 
 @contextmanager
@@ -72,7 +58,9 @@ def run_simpo(
     tokenizer = tokenizer_module["tokenizer"]
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
     with explain_dataset_errors(data_args):
+        check_raw_datasets(model_args, data_args, training_args)
         dataset_module = get_dataset(template, model_args, data_args, training_args, stage="rm", **tokenizer_module)
+    drop_empty_pairs(dataset_module, data_args.cutoff_len)
     if training_args.do_train and not len(dataset_module.get("train_dataset") or []):
         raise SimPOArgumentError(
             f"No training pairs left in {data_args.dataset} after preprocessing; check that the dataset is not empty "
@@ -113,7 +101,9 @@ def run_simpo(
         trainer.save_metrics("train", train_result.metrics)
         trainer.save_state()
         if trainer.is_world_process_zero() and finetuning_args.plot_loss:
-            plot_loss(training_args.output_dir, keys=PLOT_KEYS)
+            plot_loss(training_args.output_dir, keys=["loss"])  # the host's own figure, kept for familiarity
+            for path in plot_simpo_curves(training_args.output_dir):
+                logger.info_rank0(f"Figure saved at: {path}")
 
     if training_args.do_eval:
         metrics = trainer.evaluate(metric_key_prefix="eval")

@@ -83,3 +83,31 @@ def read_metrics(output_dir: Path, name: str) -> dict[str, float]:
 
 def log_history(output_dir: Path) -> list[dict[str, float]]:
     return json.loads((output_dir / "trainer_state.json").read_text(encoding="utf-8"))["log_history"]
+
+
+def build_board():
+    """LLaMA Board built in-process as `llamafactory-cli webui` builds it; returns (demo, engine)."""
+    import llamafactory.webui.interface as interface
+
+    engines = []
+    original = interface.Engine
+
+    class CapturingEngine(original):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            engines.append(self)
+
+    interface.Engine = CapturingEngine
+    try:
+        demo = interface.create_ui()
+    finally:
+        interface.Engine = original
+    return demo, engines[0]
+
+
+def board_values(engine: Any, **overrides: Any) -> dict:
+    """Every widget's default value, with `overrides` given by element id (e.g. "train.simpo_beta")."""
+    data = {elem: getattr(elem, "value", None) for elem in engine.manager.get_elem_list()}
+    for elem_id, value in overrides.items():
+        data[engine.manager.get_elem_by_id(elem_id)] = value
+    return data

@@ -29,6 +29,10 @@ def test_defaults_are_the_papers(tmp_path: Path) -> None:
     assert finetuning_args.pref_beta == 2.0 and finetuning_args.simpo_gamma == 1.0
     assert finetuning_args.use_ref_model is False
     assert finetuning_args.plugin_stage == "simpo"
+    config = finetuning_args.stage_args
+    assert (config.lean_logps, config.prefix_sharing, config.padding_free, config.logps_chunk_size) == (
+        True, True, False, 1024,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -73,6 +77,7 @@ def test_command_line_flags(tmp_path: Path) -> None:
         ({"simpo_label_smoothing": 0.1, "simpo_loss_type": "hinge"}, "simpo_label_smoothing"),
         ({"simpo_loss_type": "ipo"}, "simpo_loss_type"),
         ({"pref_ftx": -1.0}, "pref_ftx"),
+        ({"simpo_logps_chunk_size": 0}, "simpo_logps_chunk_size"),
         ({"ref_model": "some/model"}, "ref_model"),
         ({"pref_loss": "sigmoid"}, "pref_loss"),
         ({"dpo_label_smoothing": 0.1}, "dpo_label_smoothing"),

@@ -377,3 +377,14 @@ def test_unknown_loss_type_raises(loss_type: str) -> None:
     """A typo must fail loudly, naming the bad type, rather than silently fall back to some loss."""
     with pytest.raises(ValueError, match=f"`{loss_type}`"):
         simpo_loss(*hand_batch(), SimPOConfig(beta=2.0, gamma=1.0, loss_type=loss_type))
+
+
+def test_length_normalization_ablation_uses_summed_logps() -> None:
+    """Without length normalization the reward is beta * sum log p: pair (-4 over 4 tokens) vs (-9 over 3).
+
+    h = 2 * (-4 - (-9)) - 1 = 9 -> loss = log(1 + e^-9); rewards -8 and -18.
+    """
+    cfg = SimPOConfig(beta=2.0, gamma=1.0, length_normalization=False)
+    out = simpo_loss(torch.tensor([-4.0]), torch.tensor([-9.0]), torch.tensor([4.0]), torch.tensor([3.0]), cfg)
+    assert out.loss.item() == pytest.approx(math.log1p(math.exp(-9.0)), abs=1e-7)
+    assert out.chosen_rewards.item() == pytest.approx(-8.0) and out.rejected_rewards.item() == pytest.approx(-18.0)

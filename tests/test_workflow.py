@@ -52,8 +52,8 @@ def test_full_training_logs_metrics_and_resolved_config(full_run) -> None:
     log = full_run["result"].stdout + full_run["result"].stderr
     assert log.count("SimPO objective: beta=2, gamma=1 (gamma/beta=0.5), loss_type=sigmoid") == 1
     assert "ref_model" not in log
-    for name in ("loss", "rewards_accuracies", "rewards_margins", "eval_loss"):
-        assert (full_run["out"] / f"training_{name}.png").stat().st_size > 1000
+    for name in ("loss", "simpo_loss", "simpo_accuracies", "simpo_margins", "simpo_logps", "simpo_lengths"):
+        assert (full_run["out"] / f"training_{name}.png").stat().st_size > 10_000, name
 
 
 def test_full_model_changes_and_reloads(full_run, tiny_assets) -> None:
@@ -150,3 +150,20 @@ def test_bad_key_fails_before_loading_anything(tiny_assets, tmp_path) -> None:
     result = run_cli(base_config(tiny_assets, tmp_path / "o", pref_beta=-2.0), tmp_path)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "simpo-plugin: error: `pref_beta` must be > 0, got -2.0" in result.stderr
+
+
+def test_fast_paths_train_exactly_like_the_plain_path(tiny_assets, tmp_path) -> None:
+    """Lean log-probs, prefix sharing and padding-free packing change cost, not the training trajectory."""
+    variants = {
+        "plain": {"simpo_lean_logps": False, "simpo_prefix_sharing": False},
+        "default": {},
+        "padding_free": {"simpo_padding_free": True},
+    }
+    losses = {}
+    for name, keys in variants.items():
+        config = base_config(tiny_assets, tmp_path / name, max_steps=6, logging_steps=1, do_eval=False, **keys)
+        assert_ok(run_cli(config, tmp_path / name))
+        losses[name] = [entry["loss"] for entry in log_history(tmp_path / name) if "loss" in entry]
+    assert len(losses["plain"]) == 6
+    for name in ("default", "padding_free"):
+        assert losses[name] == pytest.approx(losses["plain"], rel=1e-4), name

@@ -1,0 +1,125 @@
+"""Preference-data checks that run before any model is loaded, and the filter that runs after tokenization.
+
+Raw rows are read through the host's own loader and format converter (so every format and column mapping of
+``dataset_info.json`` is honoured); a row the converter could not turn into one prompt and two responses is
+exactly a row the host would drop later with a bare "Dropped invalid example" warning.
+"""
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from llamafactory.data.parser import get_dataset_list
+from llamafactory.extras import logging
+
+from .hparams import SimPOArgumentError
+
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from llamafactory.hparams import DataArguments, ModelArguments
+
+
+logger = logging.get_logger("llamafactory.simpo")
+IGNORE_INDEX = -100
+SHOWN_ROWS = 5
+
+
+def check_preference_datasets(data_args: "DataArguments") -> None:
+    """Fail before any model is loaded when a configured dataset is not a ranking (chosen/rejected) dataset."""
+    for key in ("dataset", "eval_dataset"):
+        names = getattr(data_args, key) or []
+        for name, attr in zip(names, get_dataset_list(names, data_args.dataset_dir), strict=True):
+            if not attr.ranking:
+                raise SimPOArgumentError(
+                    f"Dataset `{name}` (from `{key}`) is not a preference dataset. SimPO trains on chosen/rejected "
+                    f'pairs: mark it `"ranking": true` in {data_args.dataset_dir}/dataset_info.json and give it '
+                    "chosen and rejected columns (alpaca) or messages (sharegpt)."
+                )
+
+
+def _is_text(message: Any) -> bool:
+    return isinstance(message, dict) and isinstance(message.get("content"), str)
+
+
+def pair_problem(row: dict[str, Any]) -> str | None:
+    """Why a converted row (``_prompt``, ``_response``) is not a usable preference pair, or None."""
+    prompt, responses = row.get("_prompt") or [], row.get("_response") or []
+    if len(responses) != 2:
+        return "chosen/rejected missing, null or not text"
+    if not all(_is_text(message) for message in responses):
+        return "chosen/rejected is null or not text"
+    if not prompt or len(prompt) % 2 != 1 or not all(_is_text(message) for message in prompt):
+        return "prompt missing, null, not text, or not ending with a user turn"
+    return None
+
+
+def check_rows(name: str, rows: Iterable[dict[str, Any]]) -> tuple[int, int]:
+    """Raise on malformed rows (naming dataset and row indices); returns (rows, pairs with chosen == rejected)."""
+    bad: list[str] = []
+    count = identical = 0
+    for index, row in enumerate(rows):
+        count += 1
+        problem = pair_problem(row)
+        if problem is not None:
+            bad.append(f"row {index}: {problem}")
+        elif row["_response"][0]["content"] == row["_response"][1]["content"]:
+            identical += 1
+    if bad:
+        shown = "; ".join(bad[:SHOWN_ROWS]) + (
+            f"; ... ({len(bad) - SHOWN_ROWS} more)" if len(bad) > SHOWN_ROWS else ""
+        )
+        raise SimPOArgumentError(
+            f"Dataset `{name}`: {len(bad)} of {count} rows are not usable preference pairs ({shown}). Fix or remove "
+            "them: every row needs a prompt and a chosen and a rejected response, as text."
+        )
+    if identical:
+        logger.warning_rank0(
+            f"Dataset `{name}`: {identical} of {count} pairs have chosen == rejected; they teach nothing."
+        )
+    return count, identical
+
+
+def check_raw_datasets(model_args: "ModelArguments", data_args: "DataArguments", training_args: Any) -> None:
+    """Run :func:`check_rows` on every configured dataset; streaming datasets are checked after tokenization only."""
+    if data_args.streaming:
+        return
+    try:
+        from llamafactory.data.loader import _load_single_dataset
+    except ImportError:  # a host without this helper: the post-tokenization filter still runs
+        return
+    for key in ("dataset", "eval_dataset"):
+        names = getattr(data_args, key) or []
+        for name, attr in zip(names, get_dataset_list(names, data_args.dataset_dir), strict=True):
+            check_rows(name, _load_single_dataset(attr, model_args, data_args, training_args))
+
+
+def has_response(labels: list[int]) -> bool:
+    return any(label != IGNORE_INDEX for label in labels)
+
+
+def drop_empty_responses(dataset: "Dataset | None", split: str, cutoff_len: int) -> "Dataset | None":
+    """Drop pairs whose chosen or rejected response is empty after truncation to ``cutoff_len``, and say so."""
+    if dataset is None or not hasattr(dataset, "filter") or not hasattr(dataset, "__len__"):
+        return dataset
+    before = len(dataset)
+    kept = dataset.filter(
+        lambda row: has_response(row["chosen_labels"]) and has_response(row["rejected_labels"]),
+        desc="SimPO: dropping pairs with an empty response",
+    )
+    dropped = before - len(kept)
+    reason = f", {dropped} dropped: a response is empty after truncation to cutoff_len={cutoff_len}" if dropped else ""
+    logger.info_rank0(f"SimPO {split} data: {len(kept)} pairs used{reason}")
+    return kept
+
+
+def drop_empty_pairs(dataset_module: dict[str, Any], cutoff_len: int) -> None:
+    """Apply :func:`drop_empty_responses` to the train and eval splits of the host's dataset module, in place."""
+    for split in ("train_dataset", "eval_dataset"):
+        label = split.split("_")[0]
+        if isinstance(dataset_module.get(split), dict):  # eval_on_each_dataset
+            dataset_module[split] = {
+                name: drop_empty_responses(dataset, f"{label} `{name}`", cutoff_len)
+                for name, dataset in dataset_module[split].items()
+            }
+        elif split in dataset_module:
+            dataset_module[split] = drop_empty_responses(dataset_module[split], label, cutoff_len)

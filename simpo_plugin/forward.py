@@ -1,0 +1,89 @@
+"""Chooses, once per model, how a batch becomes per-sequence log-probs: layout and head path."""
+
+import logging
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from .logps import HeadNotCalledError, lean_token_logps, model_inputs, plain_token_logps, sequence_sums
+from .packing import PairLayout, packed_layout, padded_layout
+
+
+if TYPE_CHECKING:
+    from .hparams import SimPOConfig
+
+
+logger = logging.getLogger("llamafactory.simpo")
+MASK_ATTENTION = ("sdpa", "eager")  # take a 4D "may attend" mask, so prompts can be shared
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")  # packed rows from position ids, no mask
+LEAN_CHECK_ATOL = 1e-2  # catches a head the lean path misses (e.g. a logit scale), not rounding
+
+
+class SequenceLogps:
+    """Callable ``(model, unwrapped_model, batch) -> (sums (2B,), lengths (2B,))`` following ``config``."""
+
+    def __init__(self, config: "SimPOConfig") -> None:
+        self.config = config
+        self.lean = config.lean_logps
+        self._lean_checked = False
+        self._warned: set[str] = set()
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            logger.warning(f"simpo-plugin: {message}")
+
+    def layout(self, batch: dict[str, Tensor], attn_implementation: str | None) -> PairLayout:
+        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        share, one_row = self.config.prefix_sharing, self.config.padding_free
+        if not (share or one_row):
+            return padded_layout(ids, mask, labels)
+        if set(batch) - {"input_ids", "attention_mask", "labels"}:
+            self._warn_once("prefix sharing / padding-free need text-only batches; using padded rows")
+            return padded_layout(ids, mask, labels)
+        if attn_implementation in MASK_ATTENTION:
+            return packed_layout(ids, mask, labels, share_prompt=share, one_row=one_row)
+        if attn_implementation in VARLEN_ATTENTION and one_row:
+            if share:
+                self._warn_once(f"prefix sharing needs sdpa or eager attention, not {attn_implementation}")
+            layout = packed_layout(ids, mask, labels, share_prompt=False, one_row=True)
+            layout.attention_mask = None  # sequence boundaries come from the restarting position ids
+            return layout
+        self._warn_once(f"prefix sharing / padding-free are not supported with {attn_implementation}; padded rows")
+        return padded_layout(ids, mask, labels)
+
+    def __call__(self, model: nn.Module, unwrapped: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        config = unwrapped.config
+        layout = self.layout(batch, getattr(config, "_attn_implementation", None))
+        extra = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask", "labels")}
+        inputs = model_inputs(layout, getattr(config, "_attn_implementation", None), unwrapped.dtype) | extra
+        if self.lean:
+            token_logps = self._lean(model, unwrapped, inputs, layout)
+            if token_logps is not None:
+                return sequence_sums(token_logps, layout)
+        return sequence_sums(plain_token_logps(model, inputs, layout), layout)
+
+    def _lean(self, model: nn.Module, unwrapped: nn.Module, inputs: dict, layout: PairLayout) -> Tensor | None:
+        head = unwrapped.get_output_embeddings()
+        softcap = getattr(unwrapped.config, "final_logit_softcapping", None)
+        try:
+            token_logps = lean_token_logps(model, head, inputs, layout, softcap, self.config.logps_chunk_size)
+        except HeadNotCalledError as exc:
+            self.lean = False
+            self._warn_once(f"cannot split {type(unwrapped).__name__} into body and head ({exc}); plain log-probs")
+            return None
+
+        if not self._lean_checked:  # one-time check against the model's own logits, under no_grad
+            self._lean_checked = True
+            with torch.no_grad():
+                reference = plain_token_logps(model, inputs, layout)
+            error = (token_logps.detach() - reference).abs().max().item() if reference.numel() else 0.0
+            if error > LEAN_CHECK_ATOL:
+                self.lean = False
+                self._warn_once(
+                    f"lean log-probs of {type(unwrapped).__name__} differ from its logits by {error:.3g} "
+                    "(a head the lean path does not model); using plain log-probs"
+                )
+                return None
+        return token_logps

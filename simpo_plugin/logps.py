@@ -1,0 +1,101 @@
+"""Per-sequence response log-probs: the lean path (response positions only, chunked head) and the plain path.
+
+Lean path, for a model that splits into body + LM head::
+
+    model(**layout)                      the wrapped model's own forward (DDP/DeepSpeed hooks, LoRA, checkpointing)
+      body -> hidden (R, L, H)
+      head pre-hook: keep hidden, hand the head an empty (R, 0, H) slice, so no (R, L, V) logits exist
+    hidden.view(R*L, H)[predictors]      (N, H): only the states that predict a response token
+    chunked label log-probs              (N,) fp32, largest temporary (chunk, V)
+    index_add by sequence id             (2B,) sums; lengths = tokens per sequence
+
+The chunked head is :func:`simpo_plugin.kernels.chunked_label_logps` on the head's weight when the head is a
+plain ``nn.Linear`` whose weight is materialized; otherwise (LoRA on the head, ZeRO-3-partitioned weight) each
+chunk calls the head module itself under activation checkpointing, so the framework's own hooks still run.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from .kernels import chunked_label_logps
+from .packing import PairLayout, additive_mask
+
+
+class HeadNotCalledError(RuntimeError):
+    """The model's forward did not call its output embedding exactly once, so it cannot be split."""
+
+
+def model_inputs(layout: PairLayout, attn_implementation: str | None, dtype: torch.dtype) -> dict[str, Tensor]:
+    inputs = {"input_ids": layout.input_ids}
+    mask = layout.attention_mask
+    if mask is not None:
+        inputs["attention_mask"] = (
+            additive_mask(mask, dtype) if mask.dim() == 4 and attn_implementation == "eager" else mask
+        )
+    if layout.position_ids is not None:
+        inputs["position_ids"] = layout.position_ids
+    return inputs
+
+
+def _label_logps_from_logits(logits: Tensor, targets: Tensor, softcap: float | None) -> Tensor:
+    logits = logits.float()
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
+
+
+def _head_logps(head: nn.Module, hidden: Tensor, targets: Tensor, softcap: float | None, chunk_size: int) -> Tensor:
+    weight = getattr(head, "weight", None)
+    if type(head) is nn.Linear and weight is not None and weight.numel() > 0 and not hasattr(weight, "ds_id"):
+        return chunked_label_logps(hidden, weight, targets, bias=head.bias, softcap=softcap, chunk_size=chunk_size)
+
+    def chunk_logps(h: Tensor, y: Tensor) -> Tensor:
+        return _label_logps_from_logits(head(h), y, softcap)
+
+    pieces = [
+        checkpoint(chunk_logps, hidden[i : i + chunk_size], targets[i : i + chunk_size], use_reentrant=False)
+        for i in range(0, hidden.shape[0], chunk_size)
+    ]
+    return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def lean_token_logps(
+    model: nn.Module,
+    head: nn.Module,
+    inputs: dict[str, Tensor],
+    layout: PairLayout,
+    softcap: float | None,
+    chunk_size: int,
+) -> Tensor:
+    """(N,) fp32 log-probs of the response tokens, computing the head only where a response token is predicted."""
+    captured: list[Tensor] = []
+
+    def skip_head(module: nn.Module, args: tuple) -> tuple:
+        captured.append(args[0])
+        return (args[0][..., :0, :], *args[1:])
+
+    handle = head.register_forward_pre_hook(skip_head)
+    try:
+        model(**inputs, use_cache=False)
+    finally:
+        handle.remove()
+    if len(captured) != 1:
+        raise HeadNotCalledError(f"the output embedding was called {len(captured)} times in one forward")
+    hidden = captured[0]
+    hidden = hidden.reshape(-1, hidden.shape[-1])[layout.predictors]
+    return _head_logps(head, hidden, layout.targets, softcap, chunk_size)
+
+
+def plain_token_logps(model: nn.Module, inputs: dict[str, Tensor], layout: PairLayout) -> Tensor:
+    """(N,) fp32 log-probs from the model's full logits, the way every other implementation computes them."""
+    logits = model(**inputs, use_cache=False).logits
+    logits = logits.reshape(-1, logits.shape[-1])[layout.predictors]
+    return F.log_softmax(logits.float(), dim=-1).gather(-1, layout.targets[:, None]).squeeze(-1)
+
+
+def sequence_sums(token_logps: Tensor, layout: PairLayout) -> tuple[Tensor, Tensor]:
+    """(2B,) summed log-probs and (2B,) lengths, chosen sequences first."""
+    sums = token_logps.new_zeros(2 * layout.num_pairs).index_add(0, layout.sequence_ids, token_logps)
+    return sums, layout.lengths()

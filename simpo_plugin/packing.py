@@ -1,0 +1,163 @@
+"""Batch layouts for the SimPO forward: the collator's padded rows, or packed rows that share each prompt.
+
+The host's pairwise collator gives ``2B`` padded rows, chosen rows first, each ``[prompt][response][pad]``.
+A :class:`PairLayout` says which tokens the model computes and which hidden state predicts each response token,
+so the same log-prob code serves every layout:
+
+- ``padded``: the collator's rows unchanged (the reference).
+- ``shared``: one row per pair, ``[prompt][chosen][rejected]``. The prompt is computed once; rejected tokens
+  may attend to the prompt but not to the chosen tokens, and their position ids restart after the prompt, so
+  each response sees exactly the context it has in its own padded row. The first rejected token is predicted
+  by the last prompt token, like the first chosen token.
+- ``packed`` (padding-free): all sequences of the batch in a single row with a block-diagonal causal mask and
+  position ids that restart per sequence; combined with sharing, a pair is one block.
+
+Attention masks for packed rows are 4D boolean "may attend" masks (R, 1, L, L) that transformers passes to
+``sdpa`` as is; ``eager`` needs them additive (:func:`additive_mask`). Padding positions attend to themselves
+only, which keeps their softmax finite; their outputs are never read.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+IGNORE_INDEX = -100
+_PROMPT, _CHOSEN, _REJECTED, _PAD = 0, 1, 2, 3
+
+
+@dataclass
+class PairLayout:
+    """What the model computes for one batch of ``num_pairs`` preference pairs."""
+
+    input_ids: Tensor  # (R, L)
+    attention_mask: Tensor | None  # (R, L) padding mask, (R, 1, L, L) bool "may attend", or None (varlen)
+    position_ids: Tensor | None  # (R, L); None lets the model derive them from a 2D mask
+    predictors: Tensor  # (N,) flat index into R*L of the hidden state that predicts each response token
+    targets: Tensor  # (N,) the response tokens
+    sequence_ids: Tensor  # (N,) pair i's chosen response -> i, its rejected response -> num_pairs + i
+    num_pairs: int
+
+    @property
+    def computed_tokens(self) -> int:
+        return self.input_ids.numel()
+
+    def lengths(self) -> Tensor:
+        """(2B,) response lengths in tokens, chosen first."""
+        return torch.bincount(self.sequence_ids, minlength=2 * self.num_pairs)
+
+
+def padded_layout(input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> PairLayout:
+    """The collator's rows as they are: hidden state t predicts label t + 1."""
+    rows, length = labels.shape
+    shifted = labels[:, 1:]
+    keep = shifted != IGNORE_INDEX
+    row_ids, cols = keep.nonzero(as_tuple=True)
+    return PairLayout(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=None,
+        predictors=row_ids * length + cols,
+        targets=shifted[keep],
+        sequence_ids=row_ids,
+        num_pairs=rows // 2,
+    )
+
+
+def _split_row(ids: list[int], mask: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
+    """(prompt tokens, response tokens) of one collated row, whatever the padding side."""
+    tokens = [t for t, m in zip(ids, mask, strict=True) if m]
+    row_labels = [lab for lab, m in zip(labels, mask, strict=True) if m]
+    start = next((i for i, lab in enumerate(row_labels) if lab != IGNORE_INDEX), len(tokens))
+    return tokens[:start], tokens[start:]
+
+
+def packed_layout(
+    input_ids: Tensor, attention_mask: Tensor, labels: Tensor, share_prompt: bool = True, one_row: bool = False
+) -> PairLayout:
+    """Pack the batch; see the module docstring. Pairs whose two prompts differ are never shared."""
+    num_pairs = input_ids.shape[0] // 2
+    rows = [_split_row(*row) for row in zip(input_ids.tolist(), attention_mask.tolist(), labels.tolist(), strict=True)]
+
+    pairs = []  # per pair, its blocks: (tokens, position ids, kinds, [(predictor offsets, response, sequence id)])
+    for i in range(num_pairs):
+        (prompt_c, chosen), (prompt_r, rejected) = rows[i], rows[num_pairs + i]
+        if share_prompt and prompt_c and prompt_c == prompt_r:
+            p, c, r = len(prompt_c), len(chosen), len(rejected)
+            tokens = prompt_c + chosen + rejected
+            positions = list(range(p + c)) + list(range(p, p + r))
+            kinds = [_PROMPT] * p + [_CHOSEN] * c + [_REJECTED] * r
+            chosen_pred = list(range(p - 1, p + c - 1))
+            rejected_pred = [p - 1] + list(range(p + c, p + c + r - 1))
+            responses = [(chosen_pred, chosen, i), (rejected_pred, rejected, num_pairs + i)]
+            pairs.append([(tokens, positions, kinds, responses)])
+        else:
+            pairs.append([_sequence_block(prompt_c, chosen, i), _sequence_block(prompt_r, rejected, num_pairs + i)])
+
+    row_groups = [[block for blocks in pairs for block in blocks]] if one_row else pairs
+    return _assemble(row_groups, num_pairs, input_ids.device)
+
+
+def _sequence_block(prompt: list[int], response: list[int], sequence_id: int) -> tuple:
+    """An unshared ``[prompt][response]`` block with its own position ids.
+
+    As in the padded rows, a response token at position 0 (empty prompt) has no predictor and is not scored.
+    """
+    tokens = prompt + response
+    kinds = [_PROMPT] * len(prompt) + [_CHOSEN] * len(response)
+    start = max(len(prompt), 1)
+    return (
+        tokens,
+        list(range(len(tokens))),
+        kinds,
+        [(list(range(start - 1, len(tokens) - 1)), tokens[start:], sequence_id)],
+    )
+
+
+def _assemble(row_groups: list[list[tuple]], num_pairs: int, device: torch.device) -> PairLayout:
+    """Lay blocks out in rows (right-padded to the longest row) and build the 4D mask and index tensors."""
+    length = max(sum(len(block[0]) for block in group) for group in row_groups)
+    num_rows = len(row_groups)
+    ids = torch.zeros(num_rows, length, dtype=torch.long)
+    positions = torch.zeros(num_rows, length, dtype=torch.long)
+    kinds = torch.full((num_rows, length), _PAD, dtype=torch.long)
+    docs = torch.full((num_rows, length), -1, dtype=torch.long)
+    predictors, targets, sequence_ids = [], [], []
+    doc = 0
+    for r, group in enumerate(row_groups):
+        offset = 0
+        for tokens, pos, kind, responses in group:
+            n = len(tokens)
+            ids[r, offset : offset + n] = torch.tensor(tokens)
+            positions[r, offset : offset + n] = torch.tensor(pos)
+            kinds[r, offset : offset + n] = torch.tensor(kind)
+            docs[r, offset : offset + n] = doc
+            for pred, response, seq in responses:
+                predictors += [r * length + offset + j for j in pred]
+                targets += response
+                sequence_ids += [seq] * len(response)
+            offset += n
+            doc += 1
+        positions[r, offset:] = torch.arange(length - offset)
+
+    q = torch.arange(length)
+    causal = q[None, :] <= q[:, None]
+    same_doc = (docs[:, :, None] == docs[:, None, :]) & (docs[:, :, None] >= 0)
+    blocked = (kinds[:, :, None] == _REJECTED) & (kinds[:, None, :] == _CHOSEN)
+    allowed = causal & same_doc & ~blocked
+    allowed |= torch.eye(length, dtype=torch.bool)  # padding rows attend to themselves only
+    return PairLayout(
+        input_ids=ids.to(device),
+        attention_mask=allowed[:, None].to(device),
+        position_ids=positions.to(device),
+        predictors=torch.tensor(predictors, dtype=torch.long, device=device),
+        targets=torch.tensor(targets, dtype=torch.long, device=device),
+        sequence_ids=torch.tensor(sequence_ids, dtype=torch.long, device=device),
+        num_pairs=num_pairs,
+    )
+
+
+def additive_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """A boolean 4D "may attend" mask as the additive float mask that ``eager`` attention expects."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)

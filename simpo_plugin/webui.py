@@ -1,0 +1,145 @@
+"""LLaMA Board (web UI) support: SimPO's widgets, their locale strings, and the widget-to-argument mapping.
+
+The host builds the Train tab in one function whose event handlers read a set of inputs captured at its start
+(``engine.manager.get_base_elems()``), so :func:`create_train_tab` creates the SimPO widgets unrendered, adds them
+to that base set for the duration of the call, then renders them inside the host's RLHF accordion. Nothing here
+imports gradio at module level: the stage record imports this module while the host is being imported.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+MARGIN_MODES = ("gamma/beta", "gamma")
+
+
+def _locale(en: tuple[str, str], ru: tuple[str, str], zh: tuple[str, str], ko: tuple[str, str], ja: tuple[str, str]):
+    return {lang: {"label": label, "info": info} for lang, (label, info) in zip(
+        ("en", "ru", "zh", "ko", "ja"), (en, ru, zh, ko, ja), strict=True)}  # fmt: skip
+
+
+SIMPO_LOCALES: dict[str, dict[str, dict[str, str]]] = {
+    "simpo_tab": {lang: {"label": "SimPO"} for lang in ("en", "ru", "zh", "ko", "ja")},
+    "simpo_beta": _locale(
+        ("SimPO beta", "Reward scale beta; the paper uses 2-10."),
+        ("SimPO бета", "Масштаб награды beta; в статье 2-10."),
+        ("SimPO beta", "奖励缩放系数 beta，论文取值 2-10。"),
+        ("SimPO 베타", "보상 스케일 beta; 논문은 2-10을 사용합니다."),
+        ("SimPO beta", "報酬のスケール beta。論文では 2-10。"),
+    ),
+    "simpo_margin_mode": _locale(
+        ("Margin given as", "gamma/beta (official configs) or the absolute gamma."),
+        ("Отступ задан как", "gamma/beta (официальные конфиги) или абсолютная gamma."),
+        ("目标间隔形式", "gamma/beta（官方配置）或绝对值 gamma。"),
+        ("마진 형식", "gamma/beta (공식 설정) 또는 절대값 gamma."),
+        ("マージンの指定", "gamma/beta（公式設定）または絶対値 gamma。"),
+    ),
+    "simpo_margin": _locale(
+        ("Target margin", "Value of gamma/beta (paper: 0.1-0.8) or of gamma."),
+        ("Целевой отступ", "Значение gamma/beta (в статье 0.1-0.8) или gamma."),
+        ("目标间隔", "gamma/beta（论文 0.1-0.8）或 gamma 的取值。"),
+        ("목표 마진", "gamma/beta 값 (논문: 0.1-0.8) 또는 gamma 값."),
+        ("目標マージン", "gamma/beta（論文では 0.1-0.8）または gamma の値。"),
+    ),
+    "simpo_ftx": _locale(
+        ("SFT weight", "Weight of an NLL term on the chosen responses; 0 is pure SimPO."),
+        ("Вес SFT", "Вес NLL-члена для выбранных ответов; 0 - чистый SimPO."),
+        ("SFT 权重", "对 chosen 回复的 NLL 项权重，0 为纯 SimPO。"),
+        ("SFT 가중치", "선택된 응답의 NLL 항 가중치; 0은 순수 SimPO."),
+        ("SFT 重み", "chosen 応答の NLL 項の重み。0 で純粋な SimPO。"),
+    ),
+    "simpo_label_smoothing": _locale(
+        ("Label smoothing", "Probability that a preference label is flipped, in [0, 0.5); sigmoid loss only."),
+        ("Сглаживание меток", "Вероятность перевёрнутой метки предпочтения, [0, 0.5); только sigmoid."),
+        ("标签平滑", "偏好标签被翻转的概率，取值 [0, 0.5)，仅用于 sigmoid 损失。"),
+        ("라벨 스무딩", "선호 라벨이 뒤집힐 확률 [0, 0.5); sigmoid 손실 전용."),
+        ("ラベル平滑化", "選好ラベルが反転する確率 [0, 0.5)。sigmoid 損失のみ。"),
+    ),
+    "simpo_loss_type": _locale(
+        ("SimPO loss", "sigmoid (paper) or hinge."),
+        ("Функция потерь SimPO", "sigmoid (статья) или hinge."),
+        ("SimPO 损失", "sigmoid（论文）或 hinge。"),
+        ("SimPO 손실", "sigmoid (논문) 또는 hinge."),
+        ("SimPO 損失", "sigmoid（論文）または hinge。"),
+    ),
+}
+
+
+def build_simpo_widgets() -> dict[str, Any]:
+    """The SimPO controls, unrendered, keyed by the names the host's manager and locales use."""
+    import gradio as gr
+
+    return {
+        "simpo_beta": gr.Slider(minimum=0.1, maximum=20.0, value=2.0, step=0.1, render=False),
+        "simpo_margin_mode": gr.Dropdown(choices=list(MARGIN_MODES), value="gamma/beta", render=False),
+        "simpo_margin": gr.Slider(minimum=0.0, maximum=10.0, value=0.5, step=0.01, render=False),
+        "simpo_ftx": gr.Slider(minimum=0.0, maximum=10.0, value=0.0, step=0.01, render=False),
+        "simpo_label_smoothing": gr.Slider(minimum=0.0, maximum=0.49, value=0.0, step=0.01, render=False),
+        "simpo_loss_type": gr.Dropdown(choices=["sigmoid", "hinge"], value="sigmoid", render=False),
+    }
+
+
+def simpo_train_args(get: Callable[[str], Any]) -> dict[str, Any]:
+    """YAML keys of a SimPO run from the widget values (``get("train.<name>")``)."""
+    margin_key = "simpo_gamma" if get("train.simpo_margin_mode") == "gamma" else "simpo_gamma_beta_ratio"
+    return {
+        "pref_beta": get("train.simpo_beta"),
+        margin_key: get("train.simpo_margin"),
+        "pref_ftx": get("train.simpo_ftx"),
+        "simpo_label_smoothing": get("train.simpo_label_smoothing"),
+        "simpo_loss_type": get("train.simpo_loss_type"),
+    }
+
+
+@dataclass(frozen=True)
+class StageUI:
+    """What a plugin stage shows in LLaMA Board."""
+
+    build: Callable[[], dict[str, Any]]
+    to_args: Callable[[Callable[[str], Any]], dict[str, Any]]
+    locales: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
+    accordion: str = "simpo_tab"
+
+
+SIMPO_UI = StageUI(build=build_simpo_widgets, to_args=simpo_train_args, locales=SIMPO_LOCALES)
+
+
+def wrap_create_train_tab(original: Callable, stages: list) -> Callable:
+    """The host's Train tab plus, for each plugin stage with a UI, an accordion of its widgets."""
+    import functools
+
+    import gradio as gr
+
+    @functools.wraps(original)
+    def create_train_tab(engine: Any) -> dict[str, Any]:
+        per_stage = [(stage, stage.ui.build()) for stage in stages]
+        widgets = {name: widget for _, built in per_stage for name, widget in built.items()}
+        manager = engine.manager
+        base_elems = manager.get_base_elems
+        manager.get_base_elems = lambda: base_elems() | set(widgets.values())
+        try:
+            elem_dict = original(engine)
+        finally:
+            del manager.get_base_elems  # the instance attribute shadowed the class method
+
+        with elem_dict["rlhf_tab"]:
+            for stage, built in per_stage:
+                with gr.Accordion(open=True) as accordion:
+                    with gr.Row():
+                        for widget in built.values():
+                            widget.render()
+                elem_dict[stage.ui.accordion] = accordion
+        elem_dict.update(widgets)
+
+        labels = {stage.label for stage in stages}
+        elem_dict["training_stage"].change(  # choosing a plugin stage unfolds the accordion that holds its widgets
+            lambda label: gr.Accordion(open=True) if label in labels else gr.Accordion(),
+            [elem_dict["training_stage"]],
+            [elem_dict["rlhf_tab"]],
+            queue=False,
+        )
+        return elem_dict
+
+    create_train_tab.__simpo_original__ = original
+    return create_train_tab

@@ -1,0 +1,68 @@
+"""Tiny models and synthetic collated batches shared by the lean-path tests and the distributed check."""
+
+import torch
+from transformers import (
+    CohereConfig,
+    CohereForCausalLM,
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
+
+
+VOCAB = 97
+IGNORE_INDEX = -100
+
+
+def tiny_model(kind: str = "llama", seed: int = 0, attn: str = "sdpa") -> torch.nn.Module:
+    """Random tiny causal LMs covering the head variants the lean path must handle."""
+    torch.manual_seed(seed)
+    common = dict(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0,
+    )  # fmt: skip
+    if kind in ("llama", "tied"):
+        model = LlamaForCausalLM(LlamaConfig(**common, tie_word_embeddings=kind == "tied"))
+    elif kind == "gemma2":  # final-logit soft-capping; small cap so tanh matters
+        model = Gemma2ForCausalLM(Gemma2Config(**common, head_dim=8, final_logit_softcapping=5.0))
+    elif kind == "cohere":  # a logit scale applied after the head: the lean path must detect and fall back
+        model = CohereForCausalLM(CohereConfig(**common, logit_scale=0.5))
+    else:
+        raise ValueError(kind)
+    model.config._attn_implementation = attn
+    return model.float().eval()
+
+
+def collated_batch(num_pairs: int = 3, seed: int = 0, left_pad: bool = False, distinct_prompt: bool = True):
+    """A batch as the host's pairwise collator lays it out: chosen rows, then rejected rows, padded.
+
+    With ``distinct_prompt`` the last pair's two prompts differ, so that pair cannot be shared.
+    """
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(n: int) -> list[int]:
+        return torch.randint(1, VOCAB, (n,), generator=g).tolist()
+
+    def length(lo: int, hi: int) -> int:
+        return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+    chosen, rejected = [], []
+    for i in range(num_pairs):
+        prompt = rand(length(2, 9))
+        chosen.append((prompt, rand(length(1, 8))))
+        other = rand(len(prompt) + 1) if distinct_prompt and i == num_pairs - 1 else prompt
+        rejected.append((other, rand(length(1, 8))))
+
+    rows = chosen + rejected
+    width = max(len(p) + len(r) for p, r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    for i, (prompt, response) in enumerate(rows):
+        n = len(prompt) + len(response)
+        cols = slice(width - n, width) if left_pad else slice(0, n)
+        ids[i, cols] = torch.tensor(prompt + response)
+        mask[i, cols] = 1
+        labels[i, cols] = torch.tensor([IGNORE_INDEX] * len(prompt) + response)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}

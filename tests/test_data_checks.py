@@ -1,0 +1,121 @@
+"""Bad preference data is reported before training with dataset name and row index; nothing breaks on odd text."""
+
+import json
+import logging
+
+import pytest
+from conftest import base_config, run_cli
+from datasets import Dataset
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from simpo_plugin.data_checks import check_rows, drop_empty_responses, pair_problem
+from simpo_plugin.hparams import SimPOArgumentError
+
+
+def converted(prompt="hi", chosen="good", rejected="bad") -> dict:
+    """A row as the host's converter emits it."""
+    text = lambda v: {"role": "assistant", "content": v}  # noqa: E731
+    return {"_prompt": [{"role": "user", "content": prompt}], "_response": [text(chosen), text(rejected)]}
+
+
+def test_pair_problems_are_named() -> None:
+    assert pair_problem(converted()) is None
+    assert pair_problem(converted(chosen="")) is None  # empty text is text: its EOS is still scored
+    assert "null" in pair_problem(converted(chosen=None))
+    assert "missing" in pair_problem({"_prompt": [{"role": "user", "content": "x"}], "_response": []})
+    assert "prompt" in pair_problem({**converted(), "_prompt": []})
+
+
+def test_malformed_rows_raise_with_indices_and_identical_pairs_warn(caplog: pytest.LogCaptureFixture) -> None:
+    rows = [converted(), converted(chosen=None), converted(), {"_prompt": [], "_response": []}]
+    with pytest.raises(SimPOArgumentError, match=r"Dataset `x`: 2 of 4 rows .*row 1: .*row 3: "):
+        check_rows("x", rows)
+    with caplog.at_level(logging.WARNING):
+        assert check_rows("x", [converted(), converted(chosen="same", rejected="same")]) == (2, 1)
+    assert "1 of 2 pairs have chosen == rejected" in caplog.text
+
+
+def test_pairs_with_an_empty_response_are_dropped_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    dataset = Dataset.from_dict(
+        {
+            "chosen_labels": [[-100, 5], [-100, -100], [-100, 7]],
+            "rejected_labels": [[-100, 6], [-100, 3], [-100, -100]],
+        }
+    )
+    with caplog.at_level(logging.INFO, logger="llamafactory.simpo"):
+        kept = drop_empty_responses(dataset, "train", cutoff_len=2)
+    assert len(kept) == 1 and kept[0]["chosen_labels"] == [-100, 5]
+    assert "1 pairs used, 2 dropped: a response is empty after truncation to cutoff_len=2" in caplog.text
+
+
+def _register(tmp_path, name: str, rows: list) -> str:
+    (tmp_path / f"{name}.json").write_text(json.dumps(rows))
+    columns = {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected"}
+    info = {name: {"file_name": f"{name}.json", "ranking": True, "columns": columns}}
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    return str(tmp_path)
+
+
+def test_null_field_is_reported_with_its_row_before_training(tiny_assets, tmp_path) -> None:
+    rows = [{"instruction": "q", "input": "", "chosen": "a b", "rejected": "c"} for _ in range(6)]
+    rows[3]["chosen"] = None
+    config = base_config(tiny_assets, tmp_path / "o", dataset="nulls", dataset_dir=_register(tmp_path, "nulls", rows),
+                         eval_dataset=None, do_eval=False)  # fmt: skip
+    result = run_cli(config, tmp_path)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("simpo-plugin: error:")]
+    assert result.returncode != 0 and len(errors) == 1, result.stderr[-2000:]
+    assert "Dataset `nulls`: 1 of 6 rows" in errors[0] and "row 3:" in errors[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_cutoff_that_empties_every_response_is_an_error(tiny_assets, tmp_path) -> None:
+    config = base_config(tiny_assets, tmp_path / "o", cutoff_len=2, eval_dataset=None, do_eval=False)
+    result = run_cli(config, tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert (
+        "0 pairs used, 256 dropped: a response is empty after truncation to cutoff_len=2"
+        in result.stdout + result.stderr
+    )
+    assert "simpo-plugin: error: No training pairs left" in result.stderr
+
+
+text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=400)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(prompt=text.filter(bool), chosen=text, rejected=text, cutoff=st.integers(4, 64))
+def test_any_text_tokenizes_into_scoreable_pairs(tiny_assets, prompt, chosen, rejected, cutoff) -> None:
+    """Random unicode, empty and long strings go through the host's template and pairwise encoding: the pair is
+    valid for the checks, fits `cutoff_len`, and each kept response is scored on exactly its label tokens."""
+    from llamafactory.data import get_template_and_fix_tokenizer
+    from llamafactory.data.processor import PairwiseDatasetProcessor
+    from llamafactory.hparams import DataArguments
+    from transformers import AutoTokenizer
+
+    from simpo_plugin.packing import packed_layout, padded_layout
+
+    assert pair_problem(converted(prompt, chosen, rejected)) is None
+    tokenizer = AutoTokenizer.from_pretrained(tiny_assets["model"])
+    data_args = DataArguments(template="default", cutoff_len=cutoff)
+    template = get_template_and_fix_tokenizer(tokenizer, data_args)
+    processor = PairwiseDatasetProcessor(template=template, tokenizer=tokenizer, processor=None, data_args=data_args)
+    row = converted(prompt, chosen, rejected)
+    batch = {k: [v] for k, v in {**row, "_system": "", "_tools": "", "_images": None, "_videos": None,
+                                 "_audios": None}.items()}  # fmt: skip
+    encoded = processor.preprocess_dataset(batch)
+    import torch
+
+    ids = [encoded["chosen_input_ids"][0], encoded["rejected_input_ids"][0]]
+    labels = [encoded["chosen_labels"][0], encoded["rejected_labels"][0]]
+    assert all(len(x) <= cutoff for x in ids)
+    width = max(map(len, ids))
+    pad = lambda x, v: x + [v] * (width - len(x))  # noqa: E731
+    tensors = {
+        "input_ids": torch.tensor([pad(x, 0) for x in ids]),
+        "attention_mask": torch.tensor([pad([1] * len(x), 0) for x in ids]),
+        "labels": torch.tensor([pad(x, -100) for x in labels]),
+    }
+    expected = padded_layout(**tensors).lengths()
+    assert torch.equal(packed_layout(**tensors).lengths(), expected)
+    assert expected.tolist() == [sum(1 for t in x[1:] if t != -100) for x in labels]

@@ -1,0 +1,141 @@
+"""Every fast path of the forward gives the padded, full-logits path's log-probs and gradients."""
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lean_cases import collated_batch, tiny_model
+
+from simpo_plugin.forward import SequenceLogps
+from simpo_plugin.hparams import SimPOConfig
+from simpo_plugin.packing import packed_layout, padded_layout
+
+
+def config(lean: bool = True, share: bool = True, one_row: bool = False, chunk: int = 7) -> SimPOConfig:
+    return SimPOConfig(
+        beta=2.0, gamma=1.0, lean_logps=lean, prefix_sharing=share, padding_free=one_row, logps_chunk_size=chunk
+    )
+
+
+REFERENCE = config(lean=False, share=False, one_row=False)
+PATHS = {
+    "lean": config(share=False),
+    "lean+shared": config(),
+    "lean+padding_free": config(share=False, one_row=True),
+    "lean+shared+padding_free": config(one_row=True),
+    "plain+shared": config(lean=False),
+    "lean+chunk_1": config(chunk=1),
+}
+
+
+def sums_and_grads(model: torch.nn.Module, batch: dict, cfg: SimPOConfig, seed: int = 1):
+    """Per-sequence sums and lengths, and parameter gradients of a random linear function of the sums."""
+    model.zero_grad(set_to_none=True)
+    sums, lengths = SequenceLogps(cfg)(model, model, batch)
+    weights = torch.randn(sums.shape, generator=torch.Generator().manual_seed(seed))
+    (sums * weights).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return sums.detach(), lengths, grads
+
+
+def assert_same(actual, expected) -> None:
+    torch.testing.assert_close(actual[0], expected[0], atol=1e-5, rtol=1e-5)
+    assert torch.equal(actual[1], expected[1])
+    assert actual[2].keys() == expected[2].keys()
+    for name in expected[2]:
+        torch.testing.assert_close(actual[2][name], expected[2][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+@pytest.mark.parametrize(
+    ("kind", "attn"), [("llama", "sdpa"), ("llama", "eager"), ("tied", "sdpa"), ("gemma2", "eager")]
+)
+def test_fast_paths_match_padded_plain(kind: str, attn: str, path: str) -> None:
+    model = tiny_model(kind, attn=attn)
+    batch = collated_batch(num_pairs=3, seed=hash((kind, path)) % 1000)
+    assert_same(sums_and_grads(model, batch, PATHS[path]), sums_and_grads(model, batch, REFERENCE))
+
+
+def test_left_padding_and_gradient_checkpointing() -> None:
+    model = tiny_model("llama")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    batch = collated_batch(num_pairs=4, seed=3, left_pad=True)
+    assert_same(sums_and_grads(model, batch, config(one_row=True)), sums_and_grads(model, batch, REFERENCE))
+
+
+def test_lora_including_the_head_uses_the_checkpointed_module_path() -> None:
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_model("llama"), LoraConfig(r=4, target_modules=["q_proj", "v_proj", "lm_head"]))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.02)  # non-zero B so LoRA changes the head's output
+    batch = collated_batch(num_pairs=3, seed=5)
+    unwrapped = model
+    assert type(unwrapped.get_output_embeddings()) is not torch.nn.Linear
+
+    def run(cfg: SimPOConfig):
+        model.zero_grad(set_to_none=True)
+        sums, lengths = SequenceLogps(cfg)(model, unwrapped, batch)
+        sums.sum().backward()
+        return sums.detach(), lengths, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    lean, plain = run(config()), run(REFERENCE)
+    assert any("lm_head" in name for name in plain[2])
+    assert_same(lean, plain)
+
+
+def test_head_outside_the_forward_falls_back_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    model = tiny_model("cohere")  # logits are scaled after the head: the one-time check must catch it
+    batch = collated_batch(num_pairs=2, seed=7)
+    computer = SequenceLogps(config())
+    with caplog.at_level(logging.WARNING, logger="llamafactory.simpo"):
+        first = computer(model, model, batch)[0].detach()
+        computer(model, model, batch)
+    assert computer.lean is False
+    assert len([r for r in caplog.records if "differ from its logits" in r.getMessage()]) == 1
+    torch.testing.assert_close(first, SequenceLogps(REFERENCE)(model, model, batch)[0].detach(), atol=1e-5, rtol=0)
+
+
+def test_unsplittable_model_falls_back(caplog: pytest.LogCaptureFixture) -> None:
+    model = tiny_model("llama")
+    model.get_output_embeddings = lambda: torch.nn.Linear(32, 97)  # a head the forward never calls
+    batch = collated_batch(num_pairs=2, seed=8)
+    computer = SequenceLogps(config())
+    with caplog.at_level(logging.WARNING, logger="llamafactory.simpo"):
+        sums = computer(model, model, batch)[0]
+    assert computer.lean is False and "cannot split" in caplog.text
+    torch.testing.assert_close(sums, SequenceLogps(REFERENCE)(model, model, batch)[0], atol=1e-5, rtol=0)
+
+
+def test_layouts_compute_fewer_tokens_and_score_the_same_responses() -> None:
+    batch = collated_batch(num_pairs=4, seed=11, distinct_prompt=False)
+    padded = padded_layout(**batch)
+    shared = packed_layout(**batch, share_prompt=True)
+    one_row = packed_layout(**batch, share_prompt=True, one_row=True)
+    unique = int(batch["attention_mask"].sum()) - sum(
+        int((batch["labels"][i] == -100).logical_and(batch["attention_mask"][i].bool()).sum()) for i in range(4)
+    )  # every prompt once
+    assert torch.equal(padded.lengths(), shared.lengths()) and torch.equal(padded.lengths(), one_row.lengths())
+    assert one_row.computed_tokens == unique < shared.computed_tokens <= padded.computed_tokens
+    assert one_row.input_ids.shape[0] == 1 and shared.input_ids.shape[0] == 4
+
+
+def test_two_process_ddp_lean_gradients_agree(tmp_path: Path) -> None:
+    """Under DDP (gloo), the lean path's gradients are identical on both ranks and equal the 1-process average."""
+    script = Path(__file__).with_name("dist_lean_grads.py")
+    env = dict(os.environ, PYTHONPATH=str(script.parent), OMP_NUM_THREADS="1")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", "--master_port", "29611", str(script), str(tmp_path / "out.txt")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    across_ranks, vs_reference = map(float, (tmp_path / "out.txt").read_text().split())
+    assert across_ranks == 0.0
+    assert vs_reference < 1e-5
