@@ -3,8 +3,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 DEMO_DIR ?= demo_output
+HOST_PIN ?=# e.g. llamafactory==0.9.4; empty = the newest release the package declares (<0.10)
+LOWEST_HOST := llamafactory==0.9.4
 
-.PHONY: setup chromium demo test lint clean
+.PHONY: setup chromium demo test test-lowest lint clean
 
 setup: $(VENV)/.installed
 
@@ -12,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test]" $(HOST_PIN)
 	touch $@
 
 demo: setup
@@ -31,9 +33,13 @@ test: setup chromium
 	$(PY) -m ruff check simpo_plugin tests
 	$(PY) -m pytest -q -p no:cacheprovider tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
+# The same suite against the lowest LLaMA-Factory the package supports, in its own environment.
+test-lowest:
+	$(MAKE) test VENV=.venv-lowest HOST_PIN="$(LOWEST_HOST)"
+
 lint: setup
 	$(PY) -m ruff check simpo_plugin tests
 	$(PY) -m ruff format --check simpo_plugin tests
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR)
+	rm -rf $(VENV) .venv-lowest $(DEMO_DIR)

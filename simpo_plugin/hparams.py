@@ -69,7 +69,7 @@ class SimPOArguments:
         },
     )
     simpo_logps_chunk_size: int = field(
-        default=1024,
+        default=256,
         metadata={"help": "Response tokens per chunk of the lean path; peak memory ~ chunk x vocabulary x 4 bytes."},
     )
     simpo_prefix_sharing: bool = field(
@@ -115,7 +115,7 @@ class SimPOConfig:
     sft_weight: float = 0.0
     length_normalization: bool = True
     lean_logps: bool = True
-    logps_chunk_size: int = 1024
+    logps_chunk_size: int = 256
     prefix_sharing: bool = True
     padding_free: bool = False
 

@@ -150,7 +150,7 @@ def chunked_label_logps(
     *,
     bias: Tensor | None = None,
     softcap: float | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int = 256,
 ) -> Tensor:
     """``log p(labels_i | hidden_i)`` under the LM head, with (C, V) instead of (N, V) temporary memory.
 
