@@ -57,6 +57,7 @@ def cli_env(**extra: str) -> dict[str, str]:
     env["PATH"] = f"{BIN_DIR}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("DISABLE_VERSION_CHECK", "1")
+    env.setdefault("OMP_NUM_THREADS", "1")  # OpenMP spin-waits when runs share the cores
     env.pop("SIMPO_PLUGIN_DISABLE", None)
     env.update(extra)
     return env
