@@ -11,6 +11,9 @@ from conftest import base_config, cli_env, log_history, run_cli
 from safetensors.torch import load_file
 
 
+LOGGED_LOSS_ROUNDING = 1.01e-4  # transformers 4.x logs `loss` rounded to 4 decimals; the weights are compared exactly
+
+
 def assert_ok(result) -> None:
     assert result.returncode == 0, result.stderr[-4000:]
 
@@ -80,6 +83,6 @@ def test_accumulation_and_ranks_give_the_same_update(tiny_assets, tmp_path) -> N
     ranks = _weights_after(tiny_assets, tmp_path / "r2b2", per_device_train_batch_size=2,
                            env=cli_env(FORCE_TORCHRUN="1", NPROC_PER_NODE="2"))  # fmt: skip
     for name, (losses, weights) in {"accumulation": accumulated, "ranks": ranks}.items():
-        assert losses == pytest.approx(reference[0], rel=1e-5), name
+        assert losses == pytest.approx(reference[0], rel=1e-5, abs=LOGGED_LOSS_ROUNDING), name
         for key in reference[1]:
             torch.testing.assert_close(weights[key], reference[1][key], atol=1e-6, rtol=1e-5, msg=f"{name}: {key}")

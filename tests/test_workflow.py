@@ -166,4 +166,5 @@ def test_fast_paths_train_exactly_like_the_plain_path(tiny_assets, tmp_path) -> 
         losses[name] = [entry["loss"] for entry in log_history(tmp_path / name) if "loss" in entry]
     assert len(losses["plain"]) == 6
     for name in ("default", "padding_free"):
-        assert losses[name] == pytest.approx(losses["plain"], rel=1e-4), name
+        # rel: float reassociation over a 6-step trajectory; abs: transformers 4.x logs `loss` rounded to 4 decimals
+        assert losses[name] == pytest.approx(losses["plain"], rel=1e-4, abs=1.01e-4), name
