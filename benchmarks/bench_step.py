@@ -11,7 +11,7 @@ The plugin and the host run through the host's real pipeline (``llamafactory.tra
 (implementation, vocabulary) pair runs in its own worker process so that peak memory is isolated. One setup feeds
 both measurements: the same steps are timed (after burn-in, synchronized) and watched for peak memory.
 
-Run ``python benchmarks/bench_step.py`` (CPU: ~5 min on 2 cores) or ``--quick`` (~1 min); see benchmarks/README.md.
+Run ``python benchmarks/bench_step.py`` (CPU: 5-8 min on 2 cores) or ``--quick`` (~1 min); see benchmarks/README.md.
 """
 
 import argparse
@@ -709,6 +709,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(legend))
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+    if not args.workdir:  # a temporary workdir only holds rebuildable models and logs; --workdir keeps them
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0 if ok else 1
 
 
