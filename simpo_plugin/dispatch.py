@@ -70,7 +70,6 @@ def wrap_get_train_args(original: Callable[..., tuple], registry: StageRegistry 
         finetuning_args.stage = CARRIER_STAGE
         return model_args, data_args, training_args, finetuning_args, generating_args
 
-    get_train_args.__simpo_original__ = original
     return get_train_args
 
 
@@ -83,5 +82,4 @@ def wrap_carrier_run(original: Callable[..., None], registry: StageRegistry = RE
         finetuning_args.stage = name
         return registry.get(name).run(model_args, data_args, training_args, finetuning_args, callbacks)
 
-    run_dpo.__simpo_original__ = original
     return run_dpo

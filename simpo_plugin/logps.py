@@ -15,7 +15,6 @@ chunk calls the head module itself under activation checkpointing, so the framew
 """
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -91,8 +90,31 @@ def lean_token_logps(
 def plain_token_logps(model: nn.Module, inputs: dict[str, Tensor], layout: PairLayout) -> Tensor:
     """(N,) fp32 log-probs from the model's full logits, the way every other implementation computes them."""
     logits = model(**inputs, use_cache=False).logits
-    logits = logits.reshape(-1, logits.shape[-1])[layout.predictors]
-    return F.log_softmax(logits.float(), dim=-1).gather(-1, layout.targets[:, None]).squeeze(-1)
+    return _label_logps_from_logits(logits.reshape(-1, logits.shape[-1])[layout.predictors], layout.targets, None)
+
+
+def sampled_plain_token_logps(
+    model: nn.Module, head: nn.Module, inputs: dict[str, Tensor], layout: PairLayout, sample: Tensor
+) -> Tensor:
+    """(K,) fp32 log-probs of the response tokens ``sample`` indexes, from the model's own logits.
+
+    The head is handed only those K hidden states, as a (1, K, H) row, so whatever the model's forward does after
+    the head (a logit scale, soft-capping) still applies, while the logits it builds are (1, K, V), not (R, L, V).
+    """
+    predictors = layout.predictors[sample]
+
+    def keep_sample(module: nn.Module, args: tuple) -> tuple:
+        hidden = args[0]
+        return (hidden.reshape(-1, hidden.shape[-1])[predictors][None], *args[1:])
+
+    handle = head.register_forward_pre_hook(keep_sample)
+    try:
+        logits = model(**inputs, use_cache=False).logits
+    finally:
+        handle.remove()
+    if logits.shape[:-1] != (1, sample.numel()):
+        raise HeadNotCalledError(f"the forward reshaped the head's output to {tuple(logits.shape)}")
+    return _label_logps_from_logits(logits[0], layout.targets[sample], softcap=None)
 
 
 def sequence_sums(token_logps: Tensor, layout: PairLayout) -> tuple[Tensor, Tensor]:

@@ -13,6 +13,7 @@ Touch-points (LLaMA-Factory 0.9.x):
 """
 
 import sys
+from collections.abc import Callable
 from dataclasses import fields
 from types import ModuleType
 from typing import Literal, get_args
@@ -24,13 +25,32 @@ class HostIncompatibleError(RuntimeError):
     """The installed LLaMA-Factory lacks a symbol the plugin hooks."""
 
 
-def _require(module: ModuleType, name: str) -> object:
+def _require(module: ModuleType | type, name: str) -> object:
     if not hasattr(module, name):
         raise HostIncompatibleError(
             f"`{module.__name__}.{name}` is missing in this LLaMA-Factory version; simpo-plugin supports "
             "llamafactory>=0.9.4,<0.10 (`pip install 'llamafactory>=0.9.4,<0.10'`)"
         )
     return getattr(module, name)
+
+
+def _wrap(owner: object, name: str, wrap: Callable[[Callable], Callable]) -> bool:
+    """Replace ``owner.name`` by ``wrap(original)``; the wrapper keeps the original as ``__simpo_original__``."""
+    original = getattr(owner, name)
+    if hasattr(original, "__simpo_original__"):
+        return False
+    wrapper = wrap(original)
+    wrapper.__simpo_original__ = original
+    setattr(owner, name, wrapper)
+    return True
+
+
+def _unwrap(owner: object, name: str) -> bool:
+    original = getattr(getattr(owner, name, None), "__simpo_original__", None)
+    if original is None:
+        return False
+    setattr(owner, name, original)
+    return True
 
 
 def _stage_owner(finetuning_args_cls: type) -> type:
@@ -75,23 +95,16 @@ def patch_tuner(module: ModuleType | None = None, registry: StageRegistry = REGI
     from .dispatch import wrap_carrier_run, wrap_get_train_args
 
     module = module or sys.modules["llamafactory.train.tuner"]
-    get_train_args = _require(module, "get_train_args")
-    run_dpo = _require(module, "run_dpo")
-    _require(module, "_training_function")
-    if hasattr(get_train_args, "__simpo_original__"):
-        return False
-    module.get_train_args = wrap_get_train_args(get_train_args, registry)
-    module.run_dpo = wrap_carrier_run(run_dpo, registry)
-    return True
+    for name in ("get_train_args", "run_dpo", "_training_function"):  # all or nothing
+        _require(module, name)
+    changed = _wrap(module, "get_train_args", lambda original: wrap_get_train_args(original, registry))
+    return _wrap(module, "run_dpo", lambda original: wrap_carrier_run(original, registry)) or changed
 
 
 def unpatch_tuner(module: ModuleType | None = None) -> bool:
     module = module or sys.modules["llamafactory.train.tuner"]
-    if not hasattr(module.get_train_args, "__simpo_original__"):
-        return False
-    module.get_train_args = module.get_train_args.__simpo_original__
-    module.run_dpo = module.run_dpo.__simpo_original__
-    return True
+    changed = _unwrap(module, "get_train_args")
+    return _unwrap(module, "run_dpo") or changed
 
 
 def patch_stage_constants(module: ModuleType | None = None, registry: StageRegistry = REGISTRY) -> bool:
@@ -134,45 +147,33 @@ def patch_train_tab(module: ModuleType | None = None, registry: StageRegistry = 
     from .webui import wrap_create_train_tab
 
     module = module or sys.modules["llamafactory.webui.interface"]
-    original = _require(module, "create_train_tab")
-    if hasattr(original, "__simpo_original__"):
-        return False
-    module.create_train_tab = wrap_create_train_tab(original, _ui_stages(registry))
-    return True
+    _require(module, "create_train_tab")
+    return _wrap(module, "create_train_tab", lambda original: wrap_create_train_tab(original, _ui_stages(registry)))
 
 
 def unpatch_train_tab(module: ModuleType | None = None) -> bool:
-    module = module or sys.modules["llamafactory.webui.interface"]
-    if not hasattr(module.create_train_tab, "__simpo_original__"):
-        return False
-    module.create_train_tab = module.create_train_tab.__simpo_original__
-    return True
+    return _unwrap(module or sys.modules["llamafactory.webui.interface"], "create_train_tab")
+
+
+def _with_stage_args(original: Callable, registry: StageRegistry) -> Callable:
+    """``Runner._parse_train_args`` that adds a plugin stage's widget values as its YAML keys."""
+
+    def _parse_train_args(self, data: dict) -> dict:  # noqa: ANN001
+        args = original(self, data)
+        stage = registry.get(args["stage"]) if args.get("stage") in registry else None
+        if stage is not None and stage.ui is not None:
+            args.update(stage.ui.to_args(lambda elem_id: data[self.manager.get_elem_by_id(elem_id)]))
+        return args
+
+    return _parse_train_args
 
 
 def patch_runner(module: ModuleType | None = None, registry: StageRegistry = REGISTRY) -> bool:
     module = module or sys.modules["llamafactory.webui.runner"]
     runner = _require(module, "Runner")
-    original = _require(runner, "_parse_train_args")
-    if hasattr(original, "__simpo_original__"):
-        return False
-
-    def _parse_train_args(self, data: dict) -> dict:  # noqa: ANN001
-        args = original(self, data)
-        if args.get("stage") in registry and registry.get(args["stage"]).ui is not None:
-            args.update(
-                registry.get(args["stage"]).ui.to_args(lambda elem_id: data[self.manager.get_elem_by_id(elem_id)])
-            )
-        return args
-
-    _parse_train_args.__simpo_original__ = original
-    runner._parse_train_args = _parse_train_args
-    return True
+    _require(runner, "_parse_train_args")
+    return _wrap(runner, "_parse_train_args", lambda original: _with_stage_args(original, registry))
 
 
 def unpatch_runner(module: ModuleType | None = None) -> bool:
-    module = module or sys.modules["llamafactory.webui.runner"]
-    current = module.Runner._parse_train_args
-    if not hasattr(current, "__simpo_original__"):
-        return False
-    module.Runner._parse_train_args = current.__simpo_original__
-    return True
+    return _unwrap((module or sys.modules["llamafactory.webui.runner"]).Runner, "_parse_train_args")

@@ -141,5 +141,4 @@ def wrap_create_train_tab(original: Callable, stages: list) -> Callable:
         )
         return elem_dict
 
-    create_train_tab.__simpo_original__ = original
     return create_train_tab

@@ -1,5 +1,6 @@
 """run_simpo: the SimPO stage, wired from the host's own building blocks in the order of its ``run_dpo``."""
 
+import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -49,6 +50,22 @@ def run_simpo(
     training_args: "Seq2SeqTrainingArguments",
     finetuning_args: "FinetuningArguments",
     callbacks: list["TrainerCallback"] | None = None,
+) -> None:
+    """Train and evaluate, then free the trainer while the interpreter is fully alive.
+
+    The trainer, its DDP wrapper and their process-group work objects sit in reference cycles; left to the
+    interpreter's teardown (after the host destroys the process group), gloo can abort the process at exit.
+    """
+    _train_and_evaluate(model_args, data_args, training_args, finetuning_args, callbacks)
+    gc.collect()
+
+
+def _train_and_evaluate(
+    model_args: "ModelArguments",
+    data_args: "DataArguments",
+    training_args: "Seq2SeqTrainingArguments",
+    finetuning_args: "FinetuningArguments",
+    callbacks: list["TrainerCallback"] | None,
 ) -> None:
     simpo_config = finetuning_args.stage_args
     logger.info_rank0(simpo_config.summary())
@@ -111,3 +128,4 @@ def run_simpo(
         trainer.save_metrics("eval", metrics)
 
     create_modelcard_and_push(trainer, model_args, data_args, training_args, finetuning_args)
+    trainer.accelerator.wait_for_everyone()  # no rank exits, and tears the group down, while rank 0 still writes

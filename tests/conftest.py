@@ -51,9 +51,14 @@ def base_config(assets: dict[str, Path], output_dir: Path, **overrides: Any) -> 
     return {key: value for key, value in config.items() if value is not None}
 
 
+# The environment before any test ran: in-process trainers write to os.environ (transformers 4.x's TrainingArguments
+# exports ACCELERATE_MIXED_PRECISION), which must not reach the CLI runs of later tests.
+SESSION_ENV = dict(os.environ)
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     """Environment for a child `llamafactory-cli`: this venv's bin first (the host launches `torchrun` by name)."""
-    env = dict(os.environ)
+    env = dict(SESSION_ENV)
     env["PATH"] = f"{BIN_DIR}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("DISABLE_VERSION_CHECK", "1")

@@ -1,17 +1,19 @@
 """Every fast path of the forward gives the padded, full-logits path's log-probs and gradients."""
 
 import logging
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import cli_env
 from lean_cases import collated_batch, tiny_model
 
+from simpo_plugin import forward
 from simpo_plugin.forward import SequenceLogps
 from simpo_plugin.hparams import SimPOConfig
+from simpo_plugin.logps import model_inputs, plain_token_logps
 from simpo_plugin.packing import packed_layout, padded_layout
 
 
@@ -113,6 +115,55 @@ def test_unsplittable_model_falls_back(caplog: pytest.LogCaptureFixture) -> None
     torch.testing.assert_close(sums, SequenceLogps(REFERENCE)(model, model, batch)[0], atol=1e-5, rtol=0)
 
 
+def test_one_time_check_scores_a_sample_without_full_logits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check's reference forward hands the head K sampled states: no (rows, L, V) logits, even on step 1."""
+    monkeypatch.setattr(forward, "LEAN_CHECK_TOKENS", 5)
+    model = tiny_model("gemma2", attn="eager")  # soft-capping runs in the model's forward after the head
+    batch = collated_batch(num_pairs=4, seed=9)
+    head_rows: list[int] = []
+    handle = model.get_output_embeddings().register_forward_hook(
+        lambda module, args, out: head_rows.append(out.shape[:-1].numel())
+    )
+    computer = SequenceLogps(config())
+    sums = computer(model, model, batch)[0]
+    handle.remove()
+    assert computer.lean and computer._lean_checked
+    assert sorted(head_rows) == [0, 5]  # the lean forward's empty slice, then the check's sample
+    assert int((batch["labels"] != -100).sum()) > 5
+    torch.testing.assert_close(
+        sums.detach(), SequenceLogps(REFERENCE)(model, model, batch)[0].detach(), atol=1e-5, rtol=0
+    )
+
+
+def test_check_tolerates_rounding_of_a_few_tokens_but_not_a_shift_of_all() -> None:
+    model = tiny_model("llama")
+    batch = collated_batch(num_pairs=3, seed=4)
+    layout = padded_layout(**batch)
+    inputs = model_inputs(layout, "sdpa", torch.float32)
+    computer = SequenceLogps(config())
+    head = model.get_output_embeddings()
+    with torch.no_grad():
+        lean = plain_token_logps(model, inputs, layout)
+    one_ulp = lean.clone()
+    one_ulp[0] += 0.0625  # one bf16 ulp at |logit| ~ 10, as matmuls of different shapes may round
+    assert computer._agrees_with_logits(model, head, inputs, layout, one_ulp, "llama")
+    assert not computer._agrees_with_logits(model, head, inputs, layout, lean + 0.05, "llama")
+
+
+def test_fp32_model_under_bf16_autocast_keeps_the_lean_path(caplog: pytest.LogCaptureFixture) -> None:
+    """Mixed precision with fp32 weights: lean and plain round the head's matmul to bf16 alike, so no fallback."""
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30)  # logits of several units, as in a trained model, so bf16 rounding shows
+    batch = collated_batch(num_pairs=3, seed=6)
+    computer = SequenceLogps(config())
+    with caplog.at_level(logging.WARNING, logger="llamafactory.simpo"), torch.autocast("cpu", dtype=torch.bfloat16):
+        lean = computer(model, model, batch)[0].detach()
+        plain = SequenceLogps(REFERENCE)(model, model, batch)[0].detach()
+    assert computer.lean and "differ from its logits" not in caplog.text
+    torch.testing.assert_close(lean, plain, atol=0.1, rtol=1e-2)
+
+
 def test_layouts_compute_fewer_tokens_and_score_the_same_responses() -> None:
     batch = collated_batch(num_pairs=4, seed=11, distinct_prompt=False)
     padded = padded_layout(**batch)
@@ -129,7 +180,7 @@ def test_layouts_compute_fewer_tokens_and_score_the_same_responses() -> None:
 def test_two_process_ddp_lean_gradients_agree(tmp_path: Path) -> None:
     """Under DDP (gloo), the lean path's gradients are identical on both ranks and equal the 1-process average."""
     script = Path(__file__).with_name("dist_lean_grads.py")
-    env = dict(os.environ, PYTHONPATH=str(script.parent), OMP_NUM_THREADS="1")
+    env = cli_env(PYTHONPATH=str(script.parent))
     torchrun = Path(sys.executable).with_name("torchrun")
     result = subprocess.run(
         [str(torchrun), "--nproc_per_node", "2", "--master_port", "29611", str(script), str(tmp_path / "out.txt")],

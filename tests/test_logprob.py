@@ -75,6 +75,23 @@ def test_matches_naive(n, h, v, chunk_size, dtype, bias, softcap):
         torch.testing.assert_close(got, want, **grad_tol)
 
 
+@pytest.mark.parametrize("bias", (False, True))
+def test_fp32_weights_under_bf16_autocast_match_the_naive_path(bias):
+    """Mixed precision with fp32 master weights: the head matmul runs in bf16 in both paths, grads reach fp32."""
+    hidden, weight, b, labels, grad_out = make_inputs(40, 24, 101, torch.float32, bias)
+    leaves = [hidden, weight] + ([b] if bias else [])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = chunked_label_logps(hidden, weight, labels, bias=b, chunk_size=16)
+        ref = naive_label_logps(hidden, weight, labels, bias=b)
+    plain_fp32 = naive_label_logps(hidden, weight, labels, bias=b)
+    value_tol, grad_tol = TOLERANCES[torch.bfloat16]
+    torch.testing.assert_close(out, ref, **value_tol)
+    assert (out - ref).abs().max() < (ref - plain_fp32).abs().max()  # bf16 rounding shared, not fp32 vs bf16
+    for got, want, leaf in zip(grads_of(out, grad_out, leaves), grads_of(ref, grad_out, leaves), leaves, strict=True):
+        assert got.dtype == torch.float32 and got.shape == leaf.shape
+        torch.testing.assert_close(got, want, **grad_tol)
+
+
 def test_tied_embedding_and_head():
     """One Parameter as embedding and head: autograd must sum both uses, as in the naive path."""
     v, h, n = 53, 16, 29

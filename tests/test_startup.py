@@ -92,3 +92,18 @@ def test_incompatible_host_gives_one_warning_and_works(tmp_path: Path) -> None:
     assert out.returncode == 0 and out.stdout.strip() == "1"
     warnings = [line for line in out.stderr.splitlines() if "simpo-plugin" in line]
     assert len(warnings) == 1 and "FinetuningArguments" in warnings[0] and "SIMPO_PLUGIN_DISABLE" in warnings[0]
+
+
+def test_read_only_filesystem_changes_nothing(tmp_path: Path) -> None:
+    """Bytecode caches and config dirs cannot be written: the hooks still go in and nothing is printed by us."""
+    writable = tmp_path / "tmp"
+    writable.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("SIMPO_PLUGIN_DISABLE", "PYTHONDONTWRITEBYTECODE")}
+    env.update(TMPDIR=str(writable), PYTHONPYCACHEPREFIX=str(tmp_path / "pycache"))  # fresh: every import writes
+    script = Path(__file__).with_name("run_read_only.py")
+    out = subprocess.run([sys.executable, "-S", str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    status, *refused = out.stdout.strip().splitlines()
+    assert status == "True simpo"
+    assert any(path.startswith(str(tmp_path / "pycache")) for path in refused), "no bytecode write was refused"
+    assert "simpo-plugin" not in out.stderr

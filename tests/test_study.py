@@ -10,6 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from conftest import cli_env
 
 
 STUDY = Path(__file__).resolve().parents[1] / "benchmarks" / "study_length.py"
@@ -53,6 +54,7 @@ def test_quick_study_end_to_end(tmp_path) -> None:
     """`--quick` trains SFT, SimPO and SimPO w/o LN with the real CLI and writes a finite table, JSON and plot."""
     result = subprocess.run(
         [sys.executable, str(STUDY), "--quick", "--out", str(tmp_path)],
+        env=cli_env(),
         capture_output=True,
         text=True,
         timeout=300,

@@ -154,8 +154,10 @@ def chunked_label_logps(
 ) -> Tensor:
     """``log p(labels_i | hidden_i)`` under the LM head, with (C, V) instead of (N, V) temporary memory.
 
-    Values and gradients equal ``naive_label_logps`` up to matmul reduction order. Labels must be valid vocabulary
-    ids (drop ignored positions such as -100 before calling), as they are not checked to avoid a device sync.
+    Values and gradients equal ``naive_label_logps`` up to matmul reduction order, under autocast too: there the
+    inputs are cast to the autocast dtype first (differentiably), as ``nn.Linear`` would cast them. Labels must be
+    valid vocabulary ids (drop ignored positions such as -100 before calling), as they are not checked to avoid a
+    device sync.
 
     Args:
         hidden: (N, H) final hidden states of the kept tokens, any float dtype.
@@ -168,6 +170,11 @@ def chunked_label_logps(
     Returns:
         (N,) fp32 log-probabilities, differentiable w.r.t. hidden, weight and bias.
     """
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):  # as nn.Linear under autocast: the matmul runs in the autocast dtype
+        dtype = torch.get_autocast_dtype(device_type)
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"Need (N, H) hidden and (V, H) weight, got {tuple(hidden.shape)}, {tuple(weight.shape)}.")
     if labels.shape != hidden.shape[:1]:
