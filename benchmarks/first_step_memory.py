@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import torch
+from bench_step import SHAPES
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from simpo_plugin.forward import SequenceLogps
@@ -28,9 +29,7 @@ def one_step(checked_before: bool, vocab: int, prompt: int, response: int, pairs
     """Forward + backward of the lean path on a fresh model; returns this process's peak in GiB."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    shape = dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, max_position_embeddings=2048)  # fmt: skip
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, **shape)).to(device)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, **SHAPES["tiny"])).to(device)  # bench_step's CPU shape
     model.config._attn_implementation = "sdpa"
     ids = torch.randint(1, vocab, (2 * pairs, prompt + response), device=device)
     ids[pairs:, :prompt] = ids[:pairs, :prompt]  # chosen and rejected share their prompt

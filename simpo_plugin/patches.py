@@ -34,9 +34,9 @@ def _require(module: ModuleType | type, name: str) -> object:
     return getattr(module, name)
 
 
-def _wrap(owner: object, name: str, wrap: Callable[[Callable], Callable]) -> bool:
+def _wrap(owner: ModuleType | type, name: str, wrap: Callable[[Callable], Callable]) -> bool:
     """Replace ``owner.name`` by ``wrap(original)``; the wrapper keeps the original as ``__simpo_original__``."""
-    original = getattr(owner, name)
+    original = _require(owner, name)
     if hasattr(original, "__simpo_original__"):
         return False
     wrapper = wrap(original)
@@ -147,7 +147,6 @@ def patch_train_tab(module: ModuleType | None = None, registry: StageRegistry = 
     from .webui import wrap_create_train_tab
 
     module = module or sys.modules["llamafactory.webui.interface"]
-    _require(module, "create_train_tab")
     return _wrap(module, "create_train_tab", lambda original: wrap_create_train_tab(original, _ui_stages(registry)))
 
 
@@ -170,9 +169,9 @@ def _with_stage_args(original: Callable, registry: StageRegistry) -> Callable:
 
 def patch_runner(module: ModuleType | None = None, registry: StageRegistry = REGISTRY) -> bool:
     module = module or sys.modules["llamafactory.webui.runner"]
-    runner = _require(module, "Runner")
-    _require(runner, "_parse_train_args")
-    return _wrap(runner, "_parse_train_args", lambda original: _with_stage_args(original, registry))
+    return _wrap(
+        _require(module, "Runner"), "_parse_train_args", lambda original: _with_stage_args(original, registry)
+    )
 
 
 def unpatch_runner(module: ModuleType | None = None) -> bool:

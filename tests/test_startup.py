@@ -14,10 +14,15 @@ from simpo_plugin import _startup
 STARTUP_BUDGET_US = 5000
 
 
-def python(code: str, **env: str) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items() if k != "SIMPO_PLUGIN_DISABLE"}
+def run_python(*args: str, unset: tuple[str, ...] = (), **env: str) -> subprocess.CompletedProcess:
+    """This interpreter with the plugin enabled, minus the variables in ``unset``, plus ``env``."""
+    full_env = {k: v for k, v in os.environ.items() if k not in ("SIMPO_PLUGIN_DISABLE", *unset)}
     full_env.update(env)
-    return subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, *args], env=full_env, capture_output=True, text=True, timeout=300)
+
+
+def python(code: str, **env: str) -> subprocess.CompletedProcess:
+    return run_python("-c", code, **env)
 
 
 def plugin_import_us(stderr: str) -> int:
@@ -98,10 +103,11 @@ def test_read_only_filesystem_changes_nothing(tmp_path: Path) -> None:
     """Bytecode caches and config dirs cannot be written: the hooks still go in and nothing is printed by us."""
     writable = tmp_path / "tmp"
     writable.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("SIMPO_PLUGIN_DISABLE", "PYTHONDONTWRITEBYTECODE")}
-    env.update(TMPDIR=str(writable), PYTHONPYCACHEPREFIX=str(tmp_path / "pycache"))  # fresh: every import writes
     script = Path(__file__).with_name("run_read_only.py")
-    out = subprocess.run([sys.executable, "-S", str(script)], env=env, capture_output=True, text=True, timeout=300)
+    out = run_python(
+        "-S", str(script), unset=("PYTHONDONTWRITEBYTECODE",), TMPDIR=str(writable),
+        PYTHONPYCACHEPREFIX=str(tmp_path / "pycache"),  # fresh: every import tries to write its bytecode
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr
     status, *refused = out.stdout.strip().splitlines()
     assert status == "True simpo"
