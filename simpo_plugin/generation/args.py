@@ -1,0 +1,167 @@
+"""The keys of ``simpo-plugin pairs``: its own (:class:`PairsArguments`) plus the host's model and data keys.
+
+The host's ``ModelArguments`` and ``DataArguments`` are reused as they are (``model_name_or_path``,
+``adapter_name_or_path``, ``template``, ``dataset``, ``dataset_dir``, ``max_samples``, ``cutoff_len``, ...), so a
+pairs config reads like a ``llamafactory-cli`` config. Any other key is an error that names it.
+"""
+
+import difflib
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Literal
+
+from ..hparams import SimPOArgumentError
+
+
+if TYPE_CHECKING:
+    from llamafactory.hparams import DataArguments, ModelArguments
+
+
+BACKENDS = ("auto", "vllm", "hf")
+
+
+class PairsConfigError(SimPOArgumentError):
+    """A bad pairs config or input; the CLI prints it as one line and exits non-zero."""
+
+
+@dataclass
+class PairsArguments:
+    """Keys that ``simpo-plugin pairs`` adds to the host's model and data keys."""
+
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Where pairs.json, dataset_info.json, the report and partial results go."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Discard earlier partial results in `output_dir` instead of resuming."}
+    )
+    num_samples: int = field(default=5, metadata={"help": "Responses sampled per prompt (the paper: 5)."})
+    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature (the paper: 0.8); 0 is greedy."})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass (the paper: 0.95)."})
+    max_new_tokens: int = field(
+        default=1024, metadata={"help": "Longest response; a sample that has not stopped by then is truncated."}
+    )
+    seed: int = field(default=42, metadata={"help": "Base seed; each prompt's seed derives from it and the prompt."})
+    backend: Literal["auto", "vllm", "hf"] = field(
+        default="auto",
+        metadata={"help": "`vllm` (GPU, n samples per request), `hf` (batched generate), `auto`: vLLM if usable."},
+    )
+    batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Prompts per generation call and per saved chunk (default 8 for hf, 256 for vllm)."},
+    )
+    reward_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "A sequence-classification reward model (e.g. ArmoRM) or a LLaMA-Factory `stage: rm` output dir."
+        },
+    )
+    reward_template: str | None = field(
+        default=None,
+        metadata={"help": "Template of a LLaMA-Factory reward model (default: `template`); classifiers use theirs."},
+    )
+    reward_function: str | None = field(
+        default=None,
+        metadata={"help": "`package.module:function` or `file.py:function`: (prompt_messages, response) -> float."},
+    )
+    reward_batch_size: int = field(default=8, metadata={"help": "Responses per reward-model forward pass."})
+    min_score_gap: float = field(
+        default=0.0, metadata={"help": "Drop a prompt whose best and worst scores differ by less (ties always drop)."}
+    )
+    keep_truncated: bool = field(
+        default=False, metadata={"help": "Keep pairs whose chosen or rejected response hit `max_new_tokens`."}
+    )
+    dataset_name: str = field(default="onpolicy", metadata={"help": "Name of the output's dataset_info.json entry."})
+    num_shards: int = field(default=1, metadata={"help": "Split the prompts over this many machines or runs."})
+    shard_index: int = field(default=0, metadata={"help": "The shard this run takes, 0 <= shard_index < num_shards."})
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.output_dir, "`output_dir` is required: the folder that receives pairs.json and the report."),
+            (self.num_samples >= 2, f"`num_samples` must be >= 2 to form a pair, got {self.num_samples}."),
+            (self.temperature >= 0, f"`temperature` must be >= 0, got {self.temperature}."),
+            (0 < self.top_p <= 1, f"`top_p` must be in (0, 1], got {self.top_p}."),
+            (self.max_new_tokens >= 1, f"`max_new_tokens` must be >= 1, got {self.max_new_tokens}."),
+            (self.backend in BACKENDS, f"`backend` must be one of {', '.join(BACKENDS)}, got `{self.backend}`."),
+            (self.batch_size is None or self.batch_size >= 1, f"`batch_size` must be >= 1, got {self.batch_size}."),
+            (self.reward_batch_size >= 1, f"`reward_batch_size` must be >= 1, got {self.reward_batch_size}."),
+            (self.min_score_gap >= 0, f"`min_score_gap` must be >= 0, got {self.min_score_gap}."),
+            (self.num_shards >= 1, f"`num_shards` must be >= 1, got {self.num_shards}."),
+            (
+                0 <= self.shard_index < self.num_shards,
+                f"`shard_index` must be in [0, {self.num_shards}), got {self.shard_index}.",
+            ),
+            (bool(self.dataset_name.strip()), "`dataset_name` must not be empty."),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise PairsConfigError(message)
+        scorers = [key for key in ("reward_model", "reward_function") if getattr(self, key)]
+        if len(scorers) != 1:
+            raise PairsConfigError(
+                "Give exactly one scorer: `reward_model` (a classifier reward model or a LLaMA-Factory `stage: rm` "
+                "output dir) or `reward_function` (`package.module:function`); "
+                + ("got both." if scorers else "got neither.")
+            )
+
+    def chunk_size(self, backend: str) -> int:
+        return self.batch_size or (256 if backend == "vllm" else 8)
+
+
+# Keys whose change alters the samples (resp. the scores) already saved in `output_dir`.
+SAMPLING_KEYS = ("model_name_or_path", "adapter_name_or_path", "template", "default_system", "enable_thinking",
+                 "cutoff_len", "dataset", "max_samples", "num_samples", "temperature", "top_p", "max_new_tokens",
+                 "seed", "backend")  # fmt: skip
+SCORING_KEYS = ("reward_model", "reward_template", "reward_function")
+
+
+def host_arg_classes() -> tuple[type, type]:
+    from llamafactory.hparams import DataArguments, ModelArguments
+
+    return ModelArguments, DataArguments
+
+
+def known_keys() -> set[str]:
+    classes = (PairsArguments, *host_arg_classes())
+    return {f.name for cls in classes for f in fields(cls) if f.init}
+
+
+def check_keys(raw: dict[str, Any]) -> None:
+    """Reject keys that are neither ours nor the host's model/data keys, suggesting the closest known key."""
+    known = known_keys()
+    for key in raw:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" Did you mean `{close[0]}`?" if close else ""
+            raise PairsConfigError(
+                f"Unknown key `{key}` for `simpo-plugin pairs`.{hint} Run `simpo-plugin pairs --help` for the keys."
+            )
+
+
+def parse_pairs_args(raw: dict[str, Any]) -> tuple[PairsArguments, "ModelArguments", "DataArguments"]:
+    """Validate ``raw`` (a YAML dict with overrides applied) into our arguments and the host's."""
+    check_keys(raw)
+    own_names = {f.name for f in fields(PairsArguments)}
+    pairs_args = PairsArguments(**{k: v for k, v in raw.items() if k in own_names})
+    host = {k: v for k, v in raw.items() if k not in own_names}
+    if not host.get("model_name_or_path"):
+        raise PairsConfigError("`model_name_or_path` is required: the policy model that writes the responses.")
+    if not host.get("dataset"):
+        raise PairsConfigError("`dataset` is required: a dataset of dataset_info.json that holds the prompts.")
+
+    from llamafactory.hparams import get_infer_args
+
+    try:
+        model_args, data_args, _, _ = get_infer_args(host)
+    except ValueError as exc:
+        raise PairsConfigError(f"Invalid model or data key: {exc}") from exc
+    if data_args.streaming:
+        raise PairsConfigError("`streaming` is not supported by `simpo-plugin pairs`; remove it.")
+    return pairs_args, model_args, data_args
+
+
+def fingerprint(pairs_args: PairsArguments, model_args: Any, data_args: Any, backend: str) -> dict[str, dict]:
+    """The settings that saved partial results depend on, split by phase."""
+    values = {**vars(model_args), **vars(data_args), **asdict(pairs_args), "backend": backend}
+    return {
+        "sampling": {key: values.get(key) for key in SAMPLING_KEYS},
+        "scoring": {key: values.get(key) for key in SCORING_KEYS},
+    }

