@@ -42,11 +42,13 @@ test: setup chromium
 test-lowest:
 	$(MAKE) test VENV=.venv-lowest HOST_PIN="$(LOWEST_HOST)" PYTEST_ARGS='-m "not real_model"'
 
-# On-policy pairs with the real model, then SimPO on them (CPU, about 10 minutes); see docs/onpolicy.md.
+# On-policy pairs with the real model, SimPO on them, then the result against its start (CPU, about 10 minutes);
+# see docs/onpolicy.md and docs/monitoring.md.
 onpolicy-demo: setup
 	$(PY) -m simpo_plugin.testing --smollm2 models/smollm2-135m-instruct
 	simpo-plugin pairs examples/onpolicy/pairs.yaml
 	llamafactory-cli train examples/onpolicy/train.yaml
+	simpo-plugin eval examples/onpolicy/eval.yaml
 
 lint: setup
 	$(PY) -m ruff check simpo_plugin tests

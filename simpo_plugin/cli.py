@@ -1,6 +1,7 @@
 """``simpo-plugin``: the plugin's own commands, parsing and wiring only (like the host's ``llamafactory-cli``).
 
-``simpo-plugin pairs CONFIG.yaml [key=value | --key value ...]`` builds on-policy preference pairs.
+``simpo-plugin pairs CONFIG.yaml [key=value | --key value ...]`` builds on-policy preference pairs;
+``simpo-plugin eval CONFIG.yaml ...`` compares models' answers on held-out prompts.
 Configuration mistakes print one line naming the key and exit with status 2; an interrupted run exits with 130
 and resumes when the same command runs again.
 """
@@ -20,8 +21,10 @@ USAGE = """usage: simpo-plugin <command> CONFIG.yaml [key=value | --key value ..
 
 commands:
   pairs    sample responses from the policy, score them, keep best vs worst as SimPO pairs (resumable)
+  eval     answer held-out prompts with two or more models (start vs trained) and compare them
 
-Run `simpo-plugin <command> --help` for the keys of a command; docs/onpolicy.md has the details."""
+Run `simpo-plugin <command> --help` for the keys of a command; docs/onpolicy.md and docs/monitoring.md have
+the details."""
 
 
 def parse_value(text: str) -> Any:
@@ -57,15 +60,16 @@ def read_config(argv: list[str]) -> dict[str, Any]:
 
 
 def command_help(name: str) -> str:
-    from .generation.args import PairsArguments
+    from .generation.args import EvalArguments, PairsArguments
 
+    args_class = {"pairs": PairsArguments, "eval": EvalArguments}[name]
     lines = [f"usage: simpo-plugin {name} CONFIG.yaml [key=value | --key value ...]", "", "keys:"]
-    for field in fields(PairsArguments):
-        default = "required" if field.name == "output_dir" else f"default {field.default!r}"
+    for field in fields(args_class):
+        default = "required" if field.name in ("output_dir", "models") else f"default {field.default!r}"
         lines.append(f"  {field.name:<22} {field.metadata.get('help', '')} ({default})")
     lines += [
         "",
-        "plus the host's model and data keys, as in `llamafactory-cli` configs: model_name_or_path (required),",
+        "plus the host's model and data keys, as in `llamafactory-cli` configs: model_name_or_path (pairs: required),",
         "adapter_name_or_path, template, dataset (required), dataset_dir, max_samples, cutoff_len (the prompt",
         "budget), default_system, enable_thinking, trust_remote_code, infer_dtype, vllm_* ...",
     ]
@@ -79,7 +83,14 @@ def run_pairs(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"pairs": run_pairs}
+def run_eval(argv: list[str]) -> int:
+    from .generation import evaluate_models
+
+    evaluate_models(read_config(argv))
+    return 0
+
+
+COMMANDS = {"pairs": run_pairs, "eval": run_eval}
 
 
 def main(argv: list[str] | None = None) -> int:

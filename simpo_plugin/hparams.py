@@ -6,7 +6,7 @@ has two conventions: ``simpo_gamma`` is the absolute margin gamma (LLaMA-Factory
 ``simpo_gamma_beta_ratio`` is gamma/beta (the official SimPO configs' ``gamma_beta_ratio``).
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Literal
 
 
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 DEFAULT_BETA = 2.0
 DEFAULT_GAMMA_BETA_RATIO = 0.5
 LOSS_TYPES = ("sigmoid", "hinge")
+DEFAULT_PROBE_STEPS = 50
 
 # Host keys that only make sense for DPO; giving one under `stage: simpo` is an error, with this hint.
 _DPO_ONLY_KEYS = {
@@ -32,6 +33,10 @@ _DPO_ONLY_KEYS = {
 
 class SimPOArgumentError(ValueError):
     """A SimPO configuration error; the CLI prints it as one line without a traceback."""
+
+
+class SimPOCollapseStop(SimPOArgumentError):
+    """The run stopped itself on a collapse warning (``simpo_stop_on_collapse``); printed as one line."""
 
 
 @dataclass
@@ -80,6 +85,28 @@ class SimPOArguments:
         default=False,
         metadata={"help": "Pack the whole batch into one row without padding (block-diagonal attention mask)."},
     )
+    simpo_probe_steps: int = field(
+        default=DEFAULT_PROBE_STEPS,
+        metadata={
+            "help": "Greedy generation probes on held-out prompts every N optimizer steps, before the first step and "
+            "at the end; 0 turns them off."
+        },
+    )
+    simpo_probe_prompts: int = field(
+        default=16, metadata={"help": "Probe prompts: from the eval set if any, else the first training prompts."}
+    )
+    simpo_probe_max_new_tokens: int = field(default=128, metadata={"help": "Longest probe answer, in tokens."})
+    simpo_probe_reward_model: str | None = field(
+        default=None,
+        metadata={"help": "Score probe answers with a classifier reward model or a LLaMA-Factory `stage: rm` dir."},
+    )
+    simpo_probe_reward_function: str | None = field(
+        default=None, metadata={"help": "Score probe answers with `package.module:function` or `file.py:function`."}
+    )
+    simpo_stop_on_collapse: bool = field(
+        default=False,
+        metadata={"help": "On a collapse warning, save a checkpoint and stop the run (it says how to resume)."},
+    )
 
     def __post_init__(self) -> None:
         if self.simpo_logps_chunk_size < 1:
@@ -97,6 +124,14 @@ class SimPOArguments:
             raise SimPOArgumentError(
                 f"`simpo_label_smoothing` must be in [0, 0.5), got {self.simpo_label_smoothing}; "
                 "0.5 would make chosen and rejected interchangeable."
+            )
+        for key in ("simpo_probe_steps", "simpo_probe_prompts", "simpo_probe_max_new_tokens"):
+            if getattr(self, key) < (0 if key == "simpo_probe_steps" else 1):
+                raise SimPOArgumentError(f"`{key}` must be >= {0 if key == 'simpo_probe_steps' else 1}, got "
+                                         f"{getattr(self, key)}.")  # fmt: skip
+        if self.simpo_probe_reward_model and self.simpo_probe_reward_function:
+            raise SimPOArgumentError(
+                "Give one probe scorer, `simpo_probe_reward_model` or `simpo_probe_reward_function`, not both."
             )
         if self.simpo_label_smoothing > 0 and self.simpo_loss_type != "sigmoid":
             raise SimPOArgumentError(
@@ -118,6 +153,12 @@ class SimPOConfig:
     logps_chunk_size: int = 256
     prefix_sharing: bool = True
     padding_free: bool = False
+    probe_steps: int = DEFAULT_PROBE_STEPS
+    probe_prompts: int = 16
+    probe_max_new_tokens: int = 128
+    probe_reward_model: str | None = None
+    probe_reward_function: str | None = None
+    stop_on_collapse: bool = False
 
     @property
     def gamma_beta_ratio(self) -> float:
@@ -175,15 +216,7 @@ def resolve_simpo_args(
     if sft_weight < 0:
         raise SimPOArgumentError(f"`pref_ftx` (SFT weight) must be >= 0, got {sft_weight}.")
 
-    return SimPOConfig(
-        beta=beta,
-        gamma=gamma,
-        loss_type=args.simpo_loss_type,
-        label_smoothing=args.simpo_label_smoothing,
-        sft_weight=sft_weight,
-        length_normalization=args.simpo_length_normalization,
-        lean_logps=args.simpo_lean_logps,
-        logps_chunk_size=args.simpo_logps_chunk_size,
-        prefix_sharing=args.simpo_prefix_sharing,
-        padding_free=args.simpo_padding_free,
-    )
+    stage_keys = {
+        f.name: getattr(args, f"simpo_{f.name}") for f in fields(SimPOConfig) if hasattr(args, f"simpo_{f.name}")
+    }
+    return SimPOConfig(beta=beta, gamma=gamma, sft_weight=sft_weight, **stage_keys)  # each `simpo_<x>` key -> `x`

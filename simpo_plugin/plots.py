@@ -18,13 +18,22 @@ PANELS: dict[str, tuple[str, list[str]]] = {
     "margins": ("Reward margin r_chosen - r_rejected", ["rewards/margins"]),
     "logps": ("Mean token log-prob", ["logps/chosen", "logps/rejected"]),
     "lengths": ("Response length (tokens)", ["lengths/chosen", "lengths/rejected"]),
+    "probe_length": ("Probe answers: mean length (tokens)", ["probe/length"]),
+    "probe_health": ("Probe answers: health", ["probe/eos_rate", "probe/repeat_4", "probe/distinct_2"]),
+    "probe_reward": ("Probe answers: reward and win rate vs start", ["probe/reward", "probe/win_rate"]),
 }
-COLORS = {"chosen": "#1f77b4", "rejected": "#d62728"}
+COLORS = {"chosen": "#1f77b4", "rejected": "#d62728", "eos_rate": "#2ca02c", "repeat_4": "#d62728",
+          "distinct_2": "#9467bd", "win_rate": "#ff7f0e"}  # fmt: skip
 
 
 def _series(history: list[dict], key: str) -> tuple[list[int], list[float]]:
     points = [(entry["step"], entry[key]) for entry in history if key in entry]
     return [step for step, _ in points], [value for _, value in points]
+
+
+def _warnings(history: list[dict]) -> list[tuple[int, str]]:
+    """(step, name) of every early warning the run recorded (``warning/<name>`` in the log history)."""
+    return [(entry["step"], key.split("/", 1)[1]) for entry in history for key in entry if key.startswith("warning/")]
 
 
 def plot_simpo_curves(output_dir: str | Path) -> list[Path]:
@@ -42,9 +51,12 @@ def plot_simpo_curves(output_dir: str | Path) -> list[Path]:
         drawn = False
         for key in keys:
             color = COLORS.get(key.split("/")[-1], "#1f77b4")
-            label = key.split("/")[-1] if len(keys) > 1 else "train"
+            label = key.split("/")[-1] if len(keys) > 1 or key.startswith("probe/") else "train"
             steps, values = _series(history, key)
-            if values:
+            if values and key.startswith("probe/"):  # a few points, each a whole generation pass: no smoothing
+                ax.plot(steps, values, color=color, marker="o", markersize=4, label=label)
+                drawn = True
+            elif values:
                 ax.plot(steps, values, color=color, alpha=0.3)
                 ax.plot(steps, smooth(values), color=color, label=f"{label} (smoothed)")
                 drawn = True
@@ -53,6 +65,10 @@ def plot_simpo_curves(output_dir: str | Path) -> list[Path]:
                 ax.plot(steps, values, color=color, linestyle="--", marker="o", markersize=3, label=f"eval {label}")
                 drawn = True
         if drawn:
+            for step, warning in _warnings(history):
+                ax.axvline(step, color="#d62728", linestyle=":", linewidth=1)
+                ax.annotate(warning, (step, 1), xycoords=("data", "axes fraction"), fontsize=7, color="#d62728",
+                            rotation=90, va="top", ha="right")  # fmt: skip
             ax.set_title(f"{title}\n{output_dir.name}", fontsize=10)
             ax.set_xlabel("step")
             ax.set_ylabel(keys[0] if len(keys) == 1 else title)

@@ -109,7 +109,8 @@ class SimPOTrainer(CustomDPOTrainer):
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """Add the stored metrics, averaged over steps and then over ranks, to ``logs``."""
         train_eval = "train" if "loss" in logs else "eval"
-        stored = self._stored_metrics.pop(train_eval, {})
+        probing = any(key.startswith("probe/") for key in logs)  # a generation probe logs its own numbers
+        stored = {} if probing else self._stored_metrics.pop(train_eval, {})
         if stored:
             keys = list(stored)
             means = torch.stack([torch.stack(stored[key]).mean() for key in keys]).to(self.accelerator.device)

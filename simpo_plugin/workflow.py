@@ -14,8 +14,9 @@ from llamafactory.model import load_model, load_tokenizer
 from llamafactory.train.trainer_utils import create_modelcard_and_push
 
 from .data_checks import check_preference_datasets, check_raw_datasets, drop_empty_pairs
-from .hparams import SimPOArgumentError
+from .hparams import SimPOArgumentError, SimPOCollapseStop
 from .plots import plot_simpo_curves
+from .probing import attach_watchers
 
 
 if TYPE_CHECKING:
@@ -106,6 +107,7 @@ def _train_and_evaluate(
         **tokenizer_module,
     )
 
+    monitor = attach_watchers(trainer, simpo_config, model_args, data_args, template, tokenizer)
     if training_args.do_train:
         train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         trainer.save_model()
@@ -129,3 +131,11 @@ def _train_and_evaluate(
 
     create_modelcard_and_push(trainer, model_args, data_args, training_args, finetuning_args)
     trainer.accelerator.wait_for_everyone()  # no rank exits, and tears the group down, while rank 0 still writes
+    if monitor.stopped is not None:
+        step, name = monitor.stopped
+        checkpoint = f"{training_args.output_dir}/checkpoint-{step}"
+        raise SimPOCollapseStop(
+            f"training stopped at step {step} on the `{name}` warning (simpo_stop_on_collapse). The checkpoint is "
+            f"{checkpoint}: resume as is with `resume_from_checkpoint: {checkpoint}`, or start a new run from its "
+            f"weights (`model_name_or_path: {checkpoint}`) with a lower learning_rate."
+        )

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from conftest import log_history, run_cli
 
-from simpo_plugin.generation import build_pairs
+from simpo_plugin.generation import build_pairs, evaluate_models
 
 
 pytestmark = pytest.mark.real_model
@@ -64,8 +64,23 @@ def test_example_pairs_are_real_answers_and_train(smollm2, tmp_path) -> None:
     config = yaml.safe_load((EXAMPLE / "train.yaml").read_text())
     config.update(model_name_or_path=str(smollm2), dataset_dir=str(tmp_path / "pairs"),
                   output_dir=str(tmp_path / "simpo"), max_steps=2, per_device_train_batch_size=1,
-                  gradient_accumulation_steps=1, plot_loss=False)  # fmt: skip
+                  gradient_accumulation_steps=1, plot_loss=False, simpo_probe_steps=1, simpo_probe_prompts=3,
+                  simpo_probe_max_new_tokens=48,
+                  simpo_probe_reward_function=f"{EXAMPLE / 'rewards.py'}:concise_answer")  # fmt: skip
     result = run_cli(config, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    losses = [entry["loss"] for entry in log_history(tmp_path / "simpo") if "loss" in entry]
+    assert "simpo-plugin: warning" not in result.stdout + result.stderr
+    history = log_history(tmp_path / "simpo")
+    losses = [entry["loss"] for entry in history if "loss" in entry]
     assert len(losses) == 2 and all(0 < loss < 20 for loss in losses)
+    probes = [entry for entry in history if "probe/length" in entry]
+    assert [entry["step"] for entry in probes] == [0, 1, 2] and probes[0]["probe/eos_rate"] > 0  # real answers end
+
+    evaluate = yaml.safe_load((EXAMPLE / "eval.yaml").read_text())
+    evaluate.update(models=[str(smollm2), str(tmp_path / "simpo")], dataset_dir=str(EXAMPLE / "data"), max_samples=3,
+                    max_new_tokens=32, output_dir=str(tmp_path / "eval"),
+                    reward_function=f"{EXAMPLE / 'rewards.py'}:concise_answer")  # fmt: skip
+    results = evaluate_models(evaluate)
+    assert set(results[str(tmp_path / "simpo")]) == {"length", "eos_rate", "repeat_4", "distinct_2", "reward",
+                                                      "win_rate"}  # fmt: skip
+    assert "| prompt |" in (tmp_path / "eval" / "eval_report.md").read_text()

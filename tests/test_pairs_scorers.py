@@ -110,7 +110,7 @@ def bad_run(capsys, config: dict) -> str:
     ("overrides", "message"),
     [
         ({"num_samples": 1}, "`num_samples` must be >= 2"),
-        ({"reward_model": "x"}, "Give exactly one scorer"),
+        ({"reward_model": "x"}, "`reward_model` or `reward_function`, not both"),
         ({"reward_function": None}, "Give exactly one scorer"),
         ({"reward_function": "no_such_module:f"}, "`reward_function: no_such_module:f` cannot be imported"),
         ({"reward_function": "no_colon"}, "must look like `package.module:function`"),

@@ -1,4 +1,4 @@
-"""The keys of ``simpo-plugin pairs``: its own (:class:`PairsArguments`) plus the host's model and data keys.
+"""The keys of ``simpo-plugin pairs`` and ``eval``: their own dataclasses plus the host's model and data keys.
 
 The host's ``ModelArguments`` and ``DataArguments`` are reused as they are (``model_name_or_path``,
 ``adapter_name_or_path``, ``template``, ``dataset``, ``dataset_dir``, ``max_samples``, ``cutoff_len``, ...), so a
@@ -24,15 +24,10 @@ class PairsConfigError(SimPOArgumentError):
 
 
 @dataclass
-class PairsArguments:
-    """Keys that ``simpo-plugin pairs`` adds to the host's model and data keys."""
+class GenerationArguments:
+    """Keys shared by ``simpo-plugin pairs`` and ``simpo-plugin eval``: output, sampling and the scorer."""
 
-    output_dir: str | None = field(
-        default=None, metadata={"help": "Where pairs.json, dataset_info.json, the report and partial results go."}
-    )
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Discard earlier partial results in `output_dir` instead of resuming."}
-    )
+    output_dir: str | None = field(default=None, metadata={"help": "Where the outputs and the report go."})
     num_samples: int = field(default=5, metadata={"help": "Responses sampled per prompt (the paper: 5)."})
     temperature: float = field(default=0.8, metadata={"help": "Sampling temperature (the paper: 0.8); 0 is greedy."})
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass (the paper: 0.95)."})
@@ -63,6 +58,41 @@ class PairsArguments:
         metadata={"help": "`package.module:function` or `file.py:function`: (prompt_messages, response) -> float."},
     )
     reward_batch_size: int = field(default=8, metadata={"help": "Responses per reward-model forward pass."})
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [
+            (bool(self.output_dir), "`output_dir` is required: the folder that receives the outputs and the report."),
+            (self.num_samples >= 1, f"`num_samples` must be >= 1, got {self.num_samples}."),
+            (self.temperature >= 0, f"`temperature` must be >= 0, got {self.temperature}."),
+            (0 < self.top_p <= 1, f"`top_p` must be in (0, 1], got {self.top_p}."),
+            (self.max_new_tokens >= 1, f"`max_new_tokens` must be >= 1, got {self.max_new_tokens}."),
+            (self.backend in BACKENDS, f"`backend` must be one of {', '.join(BACKENDS)}, got `{self.backend}`."),
+            (self.batch_size is None or self.batch_size >= 1, f"`batch_size` must be >= 1, got {self.batch_size}."),
+            (self.reward_batch_size >= 1, f"`reward_batch_size` must be >= 1, got {self.reward_batch_size}."),
+            (not (self.reward_model and self.reward_function), "Give one scorer, `reward_model` or "
+             "`reward_function`, not both."),
+        ]  # fmt: skip
+
+    def __post_init__(self) -> None:
+        for ok, message in self.checks():
+            if not ok:
+                raise PairsConfigError(message)
+
+    @property
+    def has_scorer(self) -> bool:
+        return bool(self.reward_model or self.reward_function)
+
+    def chunk_size(self, backend: str) -> int:
+        return self.batch_size or (256 if backend == "vllm" else 8)
+
+
+@dataclass
+class PairsArguments(GenerationArguments):
+    """Keys of ``simpo-plugin pairs``: the shared ones plus selection, output naming and sharding."""
+
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Discard earlier partial results in `output_dir` instead of resuming."}
+    )
     min_score_gap: float = field(
         default=0.0, metadata={"help": "Drop a prompt whose best and worst scores differ by less (ties always drop)."}
     )
@@ -73,16 +103,9 @@ class PairsArguments:
     num_shards: int = field(default=1, metadata={"help": "Split the prompts over this many machines or runs."})
     shard_index: int = field(default=0, metadata={"help": "The shard this run takes, 0 <= shard_index < num_shards."})
 
-    def __post_init__(self) -> None:
-        checks = [
-            (self.output_dir, "`output_dir` is required: the folder that receives pairs.json and the report."),
+    def checks(self) -> list[tuple[bool, str]]:
+        return super().checks() + [
             (self.num_samples >= 2, f"`num_samples` must be >= 2 to form a pair, got {self.num_samples}."),
-            (self.temperature >= 0, f"`temperature` must be >= 0, got {self.temperature}."),
-            (0 < self.top_p <= 1, f"`top_p` must be in (0, 1], got {self.top_p}."),
-            (self.max_new_tokens >= 1, f"`max_new_tokens` must be >= 1, got {self.max_new_tokens}."),
-            (self.backend in BACKENDS, f"`backend` must be one of {', '.join(BACKENDS)}, got `{self.backend}`."),
-            (self.batch_size is None or self.batch_size >= 1, f"`batch_size` must be >= 1, got {self.batch_size}."),
-            (self.reward_batch_size >= 1, f"`reward_batch_size` must be >= 1, got {self.reward_batch_size}."),
             (self.min_score_gap >= 0, f"`min_score_gap` must be >= 0, got {self.min_score_gap}."),
             (self.num_shards >= 1, f"`num_shards` must be >= 1, got {self.num_shards}."),
             (
@@ -90,20 +113,39 @@ class PairsArguments:
                 f"`shard_index` must be in [0, {self.num_shards}), got {self.shard_index}.",
             ),
             (bool(self.dataset_name.strip()), "`dataset_name` must not be empty."),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise PairsConfigError(message)
-        scorers = [key for key in ("reward_model", "reward_function") if getattr(self, key)]
-        if len(scorers) != 1:
-            raise PairsConfigError(
+            (
+                self.has_scorer,
                 "Give exactly one scorer: `reward_model` (a classifier reward model or a LLaMA-Factory `stage: rm` "
-                "output dir) or `reward_function` (`package.module:function`); "
-                + ("got both." if scorers else "got neither.")
-            )
+                "output dir) or `reward_function` (`package.module:function`); got neither.",
+            ),
+        ]
 
-    def chunk_size(self, backend: str) -> int:
-        return self.batch_size or (256 if backend == "vllm" else 8)
+
+@dataclass
+class EvalArguments(GenerationArguments):
+    """Keys of ``simpo-plugin eval``: the shared ones (greedy by default) plus the models to compare."""
+
+    models: list[str] | str | None = field(
+        default=None,
+        metadata={"help": "Two or more models to compare, the reference first: full checkpoints or LoRA adapters."},
+    )
+    num_samples: int = field(default=1, metadata={"help": "Responses per prompt and model (greedy: 1)."})
+    temperature: float = field(default=0.0, metadata={"help": "0 is greedy decoding (the default)."})
+    max_new_tokens: int = field(
+        default=512, metadata={"help": "Longest response; one still running then counts as not ended."}
+    )
+    show: int = field(default=8, metadata={"help": "Prompts shown side by side in eval_report.md."})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.models, str):
+            self.models = [m.strip() for m in self.models.split(",") if m.strip()]
+        super().__post_init__()
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return super().checks() + [
+            (len(self.models or []) >= 2, "`models` needs two or more models, the reference (your start) first."),
+            (self.show >= 0, f"`show` must be >= 0, got {self.show}."),
+        ]
 
 
 # Keys whose change alters the samples (resp. the scores) already saved in `output_dir`.
@@ -119,29 +161,38 @@ def host_arg_classes() -> tuple[type, type]:
     return ModelArguments, DataArguments
 
 
-def known_keys() -> set[str]:
-    classes = (PairsArguments, *host_arg_classes())
+COMMANDS = {"PairsArguments": "pairs", "EvalArguments": "eval"}
+
+
+def known_keys(args_class: type = PairsArguments) -> set[str]:
+    classes = (args_class, *host_arg_classes())
     return {f.name for cls in classes for f in fields(cls) if f.init}
 
 
-def check_keys(raw: dict[str, Any]) -> None:
-    """Reject keys that are neither ours nor the host's model/data keys, suggesting the closest known key."""
-    known = known_keys()
+def check_keys(raw: dict[str, Any], args_class: type = PairsArguments) -> None:
+    """Reject keys that are neither the command's nor the host's model/data keys, suggesting the closest one."""
+    known = known_keys(args_class)
+    command = f"simpo-plugin {COMMANDS.get(args_class.__name__, 'pairs')}"
     for key in raw:
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f" Did you mean `{close[0]}`?" if close else ""
-            raise PairsConfigError(
-                f"Unknown key `{key}` for `simpo-plugin pairs`.{hint} Run `simpo-plugin pairs --help` for the keys."
-            )
+            raise PairsConfigError(f"Unknown key `{key}` for `{command}`.{hint} Run `{command} --help` for the keys.")
 
 
-def parse_pairs_args(raw: dict[str, Any]) -> tuple[PairsArguments, "ModelArguments", "DataArguments"]:
-    """Validate ``raw`` (a YAML dict with overrides applied) into our arguments and the host's."""
-    check_keys(raw)
-    own_names = {f.name for f in fields(PairsArguments)}
-    pairs_args = PairsArguments(**{k: v for k, v in raw.items() if k in own_names})
+def parse_args(
+    raw: dict[str, Any], args_class: type = PairsArguments, model_path: str | None = None
+) -> tuple[Any, "ModelArguments", "DataArguments"]:
+    """Validate ``raw`` (a YAML dict with overrides applied) into ``args_class`` and the host's arguments.
+
+    ``model_path`` stands in for ``model_name_or_path`` where a command takes its models from another key.
+    """
+    check_keys(raw, args_class)
+    own_names = {f.name for f in fields(args_class)}
+    own = args_class(**{k: v for k, v in raw.items() if k in own_names})
     host = {k: v for k, v in raw.items() if k not in own_names}
+    if model_path is not None:
+        host["model_name_or_path"] = model_path
     if not host.get("model_name_or_path"):
         raise PairsConfigError("`model_name_or_path` is required: the policy model that writes the responses.")
     if not host.get("dataset"):
@@ -154,8 +205,12 @@ def parse_pairs_args(raw: dict[str, Any]) -> tuple[PairsArguments, "ModelArgumen
     except ValueError as exc:
         raise PairsConfigError(f"Invalid model or data key: {exc}") from exc
     if data_args.streaming:
-        raise PairsConfigError("`streaming` is not supported by `simpo-plugin pairs`; remove it.")
-    return pairs_args, model_args, data_args
+        raise PairsConfigError("`streaming` is not supported by `simpo-plugin`; remove it.")
+    return own, model_args, data_args
+
+
+def parse_pairs_args(raw: dict[str, Any]) -> tuple[PairsArguments, "ModelArguments", "DataArguments"]:
+    return parse_args(raw, PairsArguments)
 
 
 def fingerprint(pairs_args: PairsArguments, model_args: Any, data_args: Any, backend: str) -> dict[str, dict]:

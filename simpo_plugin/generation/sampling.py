@@ -14,6 +14,8 @@ Both stop at the template's stop tokens; a sample that never stopped within ``ma
 
 import hashlib
 import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -92,6 +94,19 @@ class SeededSampling(LogitsProcessor):
         return scores - noise.log()
 
 
+@contextmanager
+def own_generation_config(model: Any, config: GenerationConfig) -> Iterator[None]:
+    """Generate with ``config`` alone: the checkpoint's defaults are swapped out, and restored afterwards (a model
+    that is being trained saves its generation_config.json later)."""
+    owner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = owner.generation_config
+    owner.generation_config = config
+    try:
+        yield
+    finally:
+        owner.generation_config = saved
+
+
 class HFSampler:
     """Batched ``generate`` on a model loaded by the host (left padding, seeded per row)."""
 
@@ -100,7 +115,7 @@ class HFSampler:
         self.stop_ids = list(stop_ids)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         # A clean config: no sampling defaults or repetition penalties from the checkpoint's generation_config.
-        model.generation_config = GenerationConfig(
+        self.generation_config = GenerationConfig(
             eos_token_id=self.stop_ids, pad_token_id=self.pad_id, bos_token_id=tokenizer.bos_token_id
         )
 
@@ -113,11 +128,14 @@ class HFSampler:
         attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in rows], device=device)
         seeds = [sample_seed(settings.seed, prompt.key, j) for prompt in prompts for j in range(n)]
         processor = SeededSampling(seeds, settings.temperature, settings.top_p, device)
-        with torch.inference_mode():
+        # no_grad, not inference_mode: under ZeRO-3 the gathered weights would become inference tensors that the
+        # next training step cannot backpropagate through (probes run inside training)
+        with torch.no_grad(), own_generation_config(self.model, self.generation_config):
             output = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 do_sample=False,
+                use_cache=True,
                 max_new_tokens=settings.max_new_tokens,
                 logits_processor=[processor],
             )

@@ -1,0 +1,147 @@
+"""Generation probes during training: the model answers a fixed set of held-out prompts, greedily, every N
+optimizer steps (and before the first step and at the end); the answers' health metrics are logged with the
+other metrics, and every answer is appended to ``generations.jsonl``.
+
+A Hugging Face ``TrainerCallback`` in the manner of TRL's ``WinRateCallback``: it holds the trainer only to log
+through it. Distributed runs split the prompts over the ranks (padded so every rank makes the same generate
+call; under DeepSpeed ZeRO-3 ``generate`` then keeps the ranks in step) and gather the answers, so every rank
+logs the same numbers. The reference for the win rate is the first probe of the run; a resumed run takes it
+back from ``generations.jsonl``.
+"""
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+from transformers import TrainerCallback
+
+from .metrics import Generated, repeat_rate, summarize, text_units
+from .sampling import HFSampler
+
+
+if TYPE_CHECKING:
+    from .prompts import Prompt
+
+
+GENERATIONS_FILE = "generations.jsonl"
+PREFIX = "probe/"
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    every: int
+    max_new_tokens: int
+    scorer: Any = None  # an object with reward_model / reward_function / reward_template / reward_batch_size
+
+
+class GenerationProbe(TrainerCallback):
+    def __init__(
+        self,
+        trainer: Any,
+        prompts: list["Prompt"],
+        tokenizer: Any,
+        stop_ids: list[int],
+        settings: ProbeSettings,
+        model_args: Any = None,
+        template_name: str | None = None,
+    ) -> None:
+        self.trainer, self.prompts, self.tokenizer, self.stop_ids = trainer, prompts, tokenizer, stop_ids
+        self.settings, self.model_args, self.template_name = settings, model_args, template_name
+        self.reference: list[float] | None = None
+        self.scorer = None
+        self.last_step: int | None = None
+        self.path = Path(trainer.args.output_dir) / GENERATIONS_FILE
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step > 0:  # resumed: the reference is the run's first probe, this step may be probed already
+            self.reference = self._saved_reference()
+            if any("probe/length" in e and e.get("step") == state.global_step for e in state.log_history):
+                self.last_step = state.global_step
+                return
+        self.probe(state.global_step)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.settings.every and state.global_step % self.settings.every == 0:
+            self.probe(state.global_step)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.last_step != state.global_step:
+            self.probe(state.global_step)
+
+    def _saved_reference(self) -> list[float] | None:
+        if not self.path.is_file():
+            return None
+        records = [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        first = min((r["step"] for r in records), default=None)
+        by_key = {r["key"]: r["score"] for r in records if r["step"] == first}
+        scores = [by_key.get(prompt.key) for prompt in self.prompts]
+        return None if any(score is None for score in scores) else scores
+
+    def _my_share(self) -> tuple[list[int], int]:
+        """This rank's prompt indices, padded with index 0 so every rank generates the same number of rows, and
+        how many of them are its own."""
+        accelerator = self.trainer.accelerator
+        share = math.ceil(len(self.prompts) / accelerator.num_processes)
+        start = accelerator.process_index * share
+        mine = list(range(start, min(start + share, len(self.prompts))))
+        return mine + [0] * (share - len(mine)), len(mine)
+
+    def _score(self, prompts: list["Prompt"], texts: list[str]) -> list[float] | None:
+        if self.settings.scorer is None:
+            return None
+        if self.scorer is None:
+            from .scorers import load_scorer
+
+            self.scorer = load_scorer(self.settings.scorer, self.model_args, self.template_name)
+        return self.scorer.score(list(zip(prompts, texts, strict=True)))
+
+    def probe(self, step: int) -> dict[str, float]:
+        """Generate, gather, log; returns the logged metrics."""
+        from accelerate.utils import gather_object
+
+        model = self.trainer.model
+        indices, own = self._my_share()
+        decoding = SimpleNamespace(num_samples=1, temperature=0.0, top_p=1.0, seed=0,
+                                   max_new_tokens=self.settings.max_new_tokens)  # fmt: skip
+        was_training = model.training
+        model.eval()
+        try:
+            samples = HFSampler(model, self.tokenizer, self.stop_ids, decoding).sample(
+                [self.prompts[i] for i in indices]
+            )
+        finally:
+            model.train(was_training)
+        texts = [row[0].text for row in samples]
+        scores = self._score([self.prompts[i] for i in indices], texts)
+        local = [
+            (i, row[0].text, row[0].tokens, not row[0].truncated, None if scores is None else scores[k])
+            for k, (i, row) in enumerate(zip(indices, samples, strict=True))
+        ][:own]
+        gathered = sorted(gather_object(local))
+        answers = [Generated(text, tokens, ended) for _, text, tokens, ended, _ in gathered]
+        all_scores = None if scores is None else [record[4] for record in gathered]
+        if all_scores is not None and self.reference is None:
+            self.reference = all_scores
+        metrics = summarize(answers, all_scores, self.reference if all_scores is not None else None)
+        if self.trainer.is_world_process_zero():
+            self._write(step, gathered)
+        logs = {f"{PREFIX}{key}": value for key, value in metrics.items()}
+        should_log = self.trainer.control.should_log
+        self.trainer.log(logs)
+        self.trainer.control.should_log = should_log  # logging clears the flag; the step's own log is still due
+        self.last_step = step
+        return logs
+
+    def _write(self, step: int, gathered: list[tuple]) -> None:
+        with self.path.open("a", encoding="utf-8") as handle:
+            for index, text, tokens, ended, score in gathered:
+                prompt = self.prompts[index]
+                record = {
+                    "step": step, "index": index, "key": prompt.key, "source": prompt.source,
+                    "prompt": prompt.messages[-1]["content"], "response": text, "tokens": tokens, "ended": ended,
+                    "repeat_4": repeat_rate(text_units(text)), "score": score,
+                }  # fmt: skip
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")

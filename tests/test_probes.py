@@ -1,0 +1,113 @@
+"""Generation probes and early warnings in real `llamafactory-cli train` runs of the tiny model."""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import base_config, cli_env, log_history, run_cli
+from pairs_cases import REWARDS
+
+from simpo_plugin.testing import preference_rows, write_preference_dataset
+
+
+PROBE_KEYS = {"probe/length", "probe/eos_rate", "probe/repeat_4", "probe/distinct_2"}
+
+
+def probes_of(output_dir: Path) -> list[dict]:
+    return [entry for entry in log_history(output_dir) if "probe/length" in entry]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def healthy(tiny_assets, tmp_path_factory) -> dict:
+    """The demo task for one epoch (32 steps) with probes every 16 steps and a function scorer, and without probes."""
+    root = tmp_path_factory.mktemp("healthy")
+    probed = base_config(tiny_assets, root / "probed", simpo_probe_steps=16, simpo_probe_prompts=8,
+                         simpo_probe_max_new_tokens=24, plot_loss=True,
+                         simpo_probe_reward_function=f"{REWARDS}:distinct_chars")  # fmt: skip
+    result = run_cli(probed, root / "probed")
+    assert result.returncode == 0, result.stderr[-3000:]
+    plain = run_cli(base_config(tiny_assets, root / "plain", simpo_probe_steps=0), root / "plain")
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    return {"out": root / "probed", "plain": root / "plain", "log": result.stdout + result.stderr}
+
+
+def test_probes_log_at_start_every_n_steps_and_at_the_end(healthy) -> None:
+    probes = probes_of(healthy["out"])
+    assert [entry["step"] for entry in probes] == [0, 16, 32]
+    assert all(PROBE_KEYS | {"probe/reward", "probe/win_rate"} <= set(entry) for entry in probes)
+    assert probes[0]["probe/win_rate"] == 0.5  # the start against itself
+    generations = read_jsonl(healthy["out"] / "generations.jsonl")
+    assert len(generations) == 3 * 8 and {g["step"] for g in generations} == {0, 16, 32}
+    last = [g for g in generations if g["step"] == 32]
+    assert probes[-1]["probe/length"] == pytest.approx(sum(g["tokens"] for g in last) / 8)
+    assert probes[-1]["probe/eos_rate"] == pytest.approx(sum(g["ended"] for g in last) / 8)
+    assert probes[-1]["probe/reward"] == pytest.approx(sum(g["score"] for g in last) / 8)
+    for name in ("probe_length", "probe_health", "probe_reward"):
+        assert (healthy["out"] / f"training_simpo_{name}.png").stat().st_size > 10_000
+
+
+def test_a_healthy_run_warns_of_nothing_and_probes_change_nothing(healthy) -> None:
+    assert "simpo-plugin: warning" not in healthy["log"]
+    assert not (healthy["out"] / "simpo_warnings.jsonl").exists()
+    assert not any(key.startswith("warning/") for entry in log_history(healthy["out"]) for key in entry)
+    losses = [[e["loss"] for e in log_history(d) if "loss" in e] for d in (healthy["out"], healthy["plain"])]
+    assert losses[0] == losses[1]  # greedy probes in eval mode leave the training trajectory exactly as it was
+    assert not probes_of(healthy["plain"])
+
+
+@pytest.fixture(scope="module")
+def loop_data(tiny_assets, tmp_path_factory) -> Path:
+    """A preference set whose chosen answers repeat one word 24 times: it teaches the model to loop."""
+    rows = preference_rows(128, seed=3)
+    for row in rows:
+        row["chosen"] = " ".join(["helpful"] * 24)
+    dataset_dir = tmp_path_factory.mktemp("loops")
+    write_preference_dataset(dataset_dir, "loops", rows)
+    write_preference_dataset(dataset_dir, "heldout", preference_rows(16, seed=9))
+    return dataset_dir
+
+
+def test_collapse_is_named_stopped_saved_and_resumable(tiny_assets, loop_data, tmp_path) -> None:
+    common = dict(dataset="loops", eval_dataset="heldout", dataset_dir=str(loop_data), do_eval=False, max_steps=12,
+                  simpo_probe_steps=4, simpo_probe_max_new_tokens=48, logging_steps=2)  # fmt: skip
+    config = base_config(tiny_assets, tmp_path / "out", simpo_stop_on_collapse=True, **common)
+    result = run_cli(config, tmp_path)
+    log = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "simpo-plugin: warning at step 4: repeated 4-grams in probe answers rose from" in log
+    assert "simpo-plugin: error: training stopped at step 4 on the `repetition` warning" in log
+    assert f"resume_from_checkpoint: {tmp_path / 'out' / 'checkpoint-4'}" in log and "Traceback" not in log
+    (warning,) = read_jsonl(tmp_path / "out" / "simpo_warnings.jsonl")
+    assert (warning["step"], warning["warning"]) == (4, "repetition")
+    assert {e["step"] for e in log_history(tmp_path / "out") if "warning/repetition" in e} == {4}
+
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "checkpoint-4")
+    resumed = base_config(tiny_assets, tmp_path / "out", overwrite_output_dir=False,
+                          resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-4"), **common)  # fmt: skip
+    result = run_cli(resumed, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "out" / "trainer_state.json").read_text())["global_step"] == 12
+    assert [e["step"] for e in probes_of(tmp_path / "out")] == [0, 4, 8, 12]  # step 4 was probed before the stop
+    assert len(read_jsonl(tmp_path / "out" / "simpo_warnings.jsonl")) == 1  # named once, not again after resume
+
+
+def test_two_ranks_log_the_probes_of_one_process(tiny_assets, tmp_path) -> None:
+    keys = dict(max_steps=4, do_eval=False, simpo_probe_steps=2, simpo_probe_prompts=7, simpo_probe_max_new_tokens=16,
+                optim="sgd", learning_rate=0.5, disable_shuffling=True)  # fmt: skip
+    one = base_config(tiny_assets, tmp_path / "one", per_device_train_batch_size=4, **keys)
+    two = base_config(tiny_assets, tmp_path / "two", per_device_train_batch_size=2, **keys)
+    assert run_cli(one, tmp_path / "one").returncode == 0
+    result = run_cli(two, tmp_path / "two", env=cli_env(FORCE_TORCHRUN="1", NPROC_PER_NODE="2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    single, ranks = probes_of(tmp_path / "one"), probes_of(tmp_path / "two")
+    assert [e["step"] for e in ranks] == [0, 2, 4]
+    for a, b in zip(single, ranks, strict=True):
+        assert {k: a[k] for k in PROBE_KEYS} == pytest.approx({k: b[k] for k in PROBE_KEYS}, rel=1e-6)
+    generations = read_jsonl(tmp_path / "two" / "generations.jsonl")
+    assert sorted(g["index"] for g in generations if g["step"] == 4) == list(range(7))  # 4 + 3 (+1 padding) rows
