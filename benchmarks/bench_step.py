@@ -2,8 +2,9 @@
 
 Compares, on the same locally built model, the same data, optimizer, batch and precision:
 
-- ``plugin``:    this package's ``stage: simpo`` (lean step: response-only chunked head, prefix sharing);
-- ``plugin-pf``: the same with ``simpo_padding_free: true`` (one packed row per batch);
+- ``plugin``:      this package's ``stage: simpo`` (lean step: one packed row per batch, prompts shared, attention
+  routed per block, response-only chunked head);
+- ``plugin-rows``: the same with ``simpo_attention_route: false`` (padding-free rows under a dense mask);
 - ``host``:      LLaMA-Factory's built-in ``stage: dpo`` + ``pref_loss: simpo``;
 - ``trl``:       TRL's ``CPOTrainer`` with ``loss_type="simpo"``, ``cpo_alpha=0``, fed the host's token ids.
 
@@ -15,6 +16,7 @@ Run ``python benchmarks/bench_step.py`` (CPU: 5-8 min on 2 cores) or ``--quick``
 """
 
 import argparse
+import hashlib
 import itertools
 import json
 import math
@@ -37,7 +39,7 @@ LEARNING_RATE = 1.0e-5
 SEED = 42
 IGNORE_INDEX = -100
 DATASET = "bench_pairs"
-IMPLS = ("plugin", "plugin-pf", "host", "trl")
+IMPLS = ("plugin", "plugin-rows", "host", "trl")  # plugin: the default (block route); -rows: dense-mask rows
 LOSS_RTOL = {"fp32": 1e-4, "bf16": 1e-2}  # step-1 loss agreement; bf16 rounds differently per layout
 MIN_CPU_USE = 0.8  # a CPU worker below this share of its threads' time was slowed by other processes
 
@@ -60,6 +62,17 @@ SHAPES: dict[str, dict[str, Any]] = {
         num_key_value_heads=2,
         max_position_embeddings=2048,
     ),
+    "smollm2": dict(  # SmolLM2-135M-Instruct's shape (vocab 49152, tied embeddings)
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=8192,
+        rope_theta=100000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+    ),
     "8b": dict(
         hidden_size=4096,
         intermediate_size=14336,
@@ -78,37 +91,56 @@ SHAPES: dict[str, dict[str, Any]] = {
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def synthetic_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
-    """Alpaca ranking rows: prompts of 20-120 words, chosen/rejected responses of 10-150 words each."""
+# Median prompt / chosen / rejected lengths of the host's demo preference sets (dpo_en_demo), with long tails.
+REAL_MEDIANS = (180, 320, 340)
+REAL_SIGMA = 0.7  # log-normal spread: about 5% of responses are over three times the median
+
+
+def synthetic_rows(n: int, seed: int = 0, lengths: str = "uniform") -> list[dict[str, str]]:
+    """Alpaca ranking rows, one word ~ one token.
+
+    ``uniform``: prompts of 20-120 words, chosen/rejected responses of 10-150 words each. ``real``: log-normal
+    lengths around the demo sets' medians (:data:`REAL_MEDIANS`), clipped to 8-2000 words.
+    """
     rng = random.Random(seed)
+
+    def draw(lo: int, hi: int, median: int) -> int:
+        if lengths == "uniform":
+            return rng.randint(lo, hi)
+        return int(min(max(rng.lognormvariate(math.log(median), REAL_SIGMA), 8), 2000))
+
     rows = []
     for _ in range(n):
         topic = rng.choice(TOPICS)
-        prompt = f"Tell me about the {topic}: " + " ".join(rng.choices(FILLER + TOPICS, k=rng.randint(16, 116)))
+        prompt = f"Tell me about the {topic}: " + " ".join(
+            rng.choices(FILLER + TOPICS, k=draw(16, 116, REAL_MEDIANS[0]))
+        )
         rows.append(
             {
                 "instruction": prompt + ".",
                 "input": "",
-                "chosen": " ".join([topic] + rng.choices(GOOD, k=rng.randint(9, 149))) + ".",
-                "rejected": " ".join([topic] + rng.choices(BAD, k=rng.randint(9, 149))) + ".",
+                "chosen": " ".join([topic] + rng.choices(GOOD, k=draw(9, 149, REAL_MEDIANS[1]))) + ".",
+                "rejected": " ".join([topic] + rng.choices(BAD, k=draw(9, 149, REAL_MEDIANS[2]))) + ".",
             }
         )
     return rows
 
 
-def build_assets(root: Path, vocabs: list[int], shape: str, num_pairs: int, dtype: str) -> dict[str, Any]:
+def build_assets(
+    root: Path, vocabs: list[int], shape: str, num_pairs: int, dtype: str, lengths: str = "uniform"
+) -> dict[str, Any]:
     """Write the dataset, a local BPE tokenizer and one randomly initialised Llama per vocabulary size."""
     import torch
 
     from simpo_plugin.testing import build_tiny_model, build_tokenizer, template_corpus, write_preference_dataset
 
-    rows = synthetic_rows(num_pairs)
+    rows = synthetic_rows(num_pairs, lengths=lengths)
     dataset_dir = write_preference_dataset(root / "data", DATASET, rows)
     corpus = [value for row in rows for value in row.values() if value] + template_corpus()
     tokenizer = build_tokenizer(root / "tokenizer", corpus, vocab_size=1000)
     models = {}
     for vocab in vocabs:
-        path = root / f"llama-{shape}-v{vocab}"
+        path = root / f"llama-{shape}-v{vocab}-{lengths}"
         if not (path / "config.json").exists():
             torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
             previous = torch.get_default_dtype()
@@ -143,13 +175,20 @@ class WorkerSpec:
     repeats: int
     dtype: str
     deepspeed: str | None = None
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = True
     plugin_options: dict[str, Any] = field(default_factory=dict)
+    vocab_size: int = 0  # the model's, to find the head's ops in the profile
+    profile: bool = True  # one extra step under torch.profiler for the attention / body / head split
+
+    @property
+    def timed_end(self) -> int:
+        """Burn-in, then ``batches x repeats`` timed steps in a fixed order; an epoch holds ``batches + 1`` batches,
+        so later epochs train the same batches again and each batch's fastest step counts."""
+        return self.warmup_steps + self.batches * self.repeats
 
     @property
     def max_steps(self) -> int:
-        """Burn-in, then every one of the ``batches`` distinct batches ``repeats`` times (epochs in a fixed order)."""
-        return self.warmup_steps + self.batches * self.repeats
+        return self.timed_end + int(self.profile)  # one more step, profiled and not timed
 
 
 @dataclass
@@ -166,6 +205,10 @@ class Probe:
     batches: list[dict[str, Any]] = field(default_factory=list)
     losses: list[Any] = field(default_factory=list)
     attn: str = "unknown"  # the model's attention implementation, as seen in the first step
+    profile_step: int = -1  # the step profiled (after the timed ones)
+    vocab_size: int = 0
+    shares: dict[str, float] = field(default_factory=dict)  # attention / body / head share of the profiled step
+    before_profile: Any = None  # called once before the profiled step: saves the timings in case it runs out of memory
 
 
 class Memory:
@@ -247,10 +290,19 @@ def make_callback(probe: Probe) -> Any:
             if state.global_step == probe.warmup_steps:  # burn-in done: its peak (step 1's included) is kept apart
                 probe.peak_warmup = memory.peak()
                 memory.reset()
+            self._profiler = None
+            if state.global_step == probe.profile_step:
+                if probe.before_profile is not None:
+                    probe.before_profile()
+                self._profiler = start_profiler(probe.device)
             self._start, self._cpu = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             synchronize(probe.device)
+            if self._profiler is not None:  # the profiled step counts neither for time nor for memory
+                self._profiler.stop()
+                probe.shares = time_shares(self._profiler, probe.vocab_size, probe.device)
+                return
             probe.step_times.append(time.perf_counter() - self._start)
             probe.step_cpu.append(time.process_time() - self._cpu)
             if state.global_step <= probe.warmup_steps:
@@ -259,6 +311,35 @@ def make_callback(probe: Probe) -> Any:
                 probe.peak_timed = max(probe.peak_timed, memory.peak())
 
     return StepProbe()
+
+
+ATTENTION_OPS = ("scaled_dot_product", "flash_attention", "efficient_attention", "flex_attention")
+
+
+def start_profiler(device: str) -> Any:
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    profiler = profile(activities=activities, record_shapes=True)
+    profiler.start()
+    return profiler
+
+
+def time_shares(profiler: Any, vocab_size: int, device: str) -> dict[str, float]:
+    """Self time of one step's ops split into attention (SDPA/flash kernels, forward and backward), head (ops with
+    a vocabulary-sized dimension: LM head, log-softmax, embedding) and body (everything else, optimizer included)."""
+    totals = {"attention": 0.0, "head": 0.0, "body": 0.0}
+    for event in profiler.key_averages(group_by_input_shape=True):
+        spent = event.self_device_time_total if device == "cuda" else event.self_cpu_time_total
+        name = event.key.lower()
+        if any(op in name for op in ATTENTION_OPS):
+            totals["attention"] += spent
+        elif vocab_size and any(vocab_size in shape for shape in event.input_shapes or [] if shape):
+            totals["head"] += spent
+        else:
+            totals["body"] += spent
+    total = sum(totals.values()) or 1.0
+    return {key: value / total for key, value in totals.items()}
 
 
 def record_training_steps(probe: Probe) -> None:
@@ -319,7 +400,7 @@ def host_args(spec: WorkerSpec) -> dict[str, Any]:
     if spec.impl == "host":
         args.update(stage="dpo", pref_loss="simpo")
     else:
-        args.update(spec.plugin_options, stage="simpo", simpo_padding_free=spec.impl == "plugin-pf")
+        args.update(spec.plugin_options, stage="simpo", simpo_attention_route=spec.impl != "plugin-rows")
     return args
 
 
@@ -414,12 +495,17 @@ def batch_accounting(impl: str, batch: dict[str, Any], attn: str) -> tuple[int, 
         rows = list(zip(mask.tolist(), labels.tolist(), strict=True))
         computed = ids.numel()
         if impl.startswith("plugin"):
-            from simpo_plugin.forward import SequenceLogps
-            from simpo_plugin.hparams import SimPOConfig
+            from types import SimpleNamespace
 
-            config = SimPOConfig(beta=BETA, gamma=GAMMA, padding_free=impl == "plugin-pf")
-            layout = SequenceLogps(config).layout({"input_ids": ids, "attention_mask": mask, "labels": labels}, attn)
-            computed = layout.computed_tokens
+            from simpo_plugin.hparams import SimPOConfig
+            from simpo_plugin.lean import SequenceLogps
+            from simpo_plugin.lean.sequence import base_attention
+
+            config = SimPOConfig(beta=BETA, gamma=GAMMA, attention_route=impl != "plugin-rows")
+            base = base_attention(SimpleNamespace(_attn_implementation=attn))
+            model = SimpleNamespace(config=SimpleNamespace(_attn_implementation=base))  # the layout, not a model
+            batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+            computed = SequenceLogps(config).layout(batch, base, model).computed_tokens
     num_pairs = len(rows) // 2
     tokens = unique = 0
     for i, (row_mask, row_labels) in enumerate(rows):  # chosen rows first, then rejected rows; same prompt per pair
@@ -436,23 +522,51 @@ def worker(spec_path: str) -> None:
 
     spec = WorkerSpec(**json.loads(Path(spec_path).read_text()))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    probe = Probe(device=device, warmup_steps=spec.warmup_steps)
+    probe = Probe(device=device, warmup_steps=spec.warmup_steps, profile_step=spec.timed_end if spec.profile else -1,
+                  vocab_size=spec.vocab_size)  # fmt: skip
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    if rank0:
+        probe.before_profile = lambda: write_result(spec, probe, device)
     record_training_steps(probe)
     if spec.impl == "trl":
         run_trl(spec, probe)
     else:
         run_llamafactory(spec, probe)
-    if int(os.environ.get("RANK", "0")) != 0:
-        return
+    if rank0:
+        write_result(spec, probe, device)
 
-    steps = [batch_accounting(spec.impl, {k: v.cpu() for k, v in b.items()}, probe.attn) for b in probe.batches]
+
+def batch_key(batch: dict[str, Any]) -> str:
+    """A digest of a batch's token ids (TRL's batches name them ``chosen_input_ids`` etc.)."""
+    digest = hashlib.sha1()
+    for name in sorted(k for k in batch if k.endswith("input_ids")):
+        digest.update(batch[name].cpu().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def best_throughput(tokens: list[int], times: list[float], keys: list[Any], start: int, end: int) -> float:
+    """Tokens/s over the distinct batches of steps ``[start, end)``, each at the best time it was trained in.
+
+    ``keys`` identifies a step's batch (a digest of its ids), so a batch that comes round again in a later epoch
+    counts once, at its fastest step, with its own token count.
+    """
+    best: dict[Any, tuple[float, int]] = {}
+    for g in range(start, end):
+        if keys[g] not in best or times[g] < best[keys[g]][0]:
+            best[keys[g]] = (times[g], tokens[g])
+    return sum(n for _, n in best.values()) / sum(t for t, _ in best.values())
+
+
+def write_result(spec: WorkerSpec, probe: Probe, device: str) -> None:
+    """Write the timed steps' measurements (and the profile's split once there is one) to the result file."""
+    import torch
+
+    batches = probe.batches[: spec.timed_end]
+    steps = [batch_accounting(spec.impl, {k: v.cpu() for k, v in b.items()}, probe.attn) for b in batches]
     tokens = [s[0] for s in steps]
-    # Step g (0-based) trains on batch g % batches; each batch is timed `repeats` times and its best time is kept.
-    best: dict[int, float] = {}
-    for g in range(spec.warmup_steps, spec.max_steps):
-        best[g % spec.batches] = min(best.get(g % spec.batches, math.inf), probe.step_times[g])
+    keys = [batch_key(b) for b in batches]
     timed_tokens = sum(tokens[spec.warmup_steps :])
-    timed_wall = sum(probe.step_times[spec.warmup_steps :])
+    timed_wall = sum(probe.step_times[spec.warmup_steps : spec.timed_end])
     result = {
         "impl": spec.impl,
         "vocab": spec.vocab,
@@ -462,11 +576,14 @@ def worker(spec_path: str) -> None:
         "tokens_per_step": tokens,
         "unique_per_step": [s[1] for s in steps],
         "computed_per_step": [s[2] for s in steps],
-        "step_times": probe.step_times,
-        "tps_best": sum(tokens[k] for k in best) / sum(best.values()),
+        "step_times": probe.step_times[: spec.timed_end],
+        "shares": probe.shares,
+        "profile": "done" if probe.shares else ("failed" if spec.profile else "off"),
+        "batch_keys": keys,
+        "tps_best": best_throughput(tokens, probe.step_times, keys, spec.warmup_steps, spec.timed_end),
         "tps_mean": timed_tokens / timed_wall,
         # CPU seconds / (wall seconds x threads) over the timed steps: well below 1 means other processes competed
-        "cpu_util": sum(probe.step_cpu[spec.warmup_steps :]) / (timed_wall * torch.get_num_threads()),
+        "cpu_util": sum(probe.step_cpu[spec.warmup_steps : spec.timed_end]) / (timed_wall * torch.get_num_threads()),
         "peak_warmup": probe.peak_warmup,
         "peak_timed": probe.peak_timed,
         "peak": max(probe.peak_warmup, probe.peak_timed),
@@ -527,10 +644,14 @@ def launch(spec: WorkerSpec, workdir: Path, nproc: int) -> dict[str, Any]:
     )
     env.pop("SIMPO_PLUGIN_DISABLE", None)
     log_path = workdir / f"{name}.log"
+    Path(spec.result_path).unlink(missing_ok=True)  # a result from an earlier run must not pass for this one
     start = time.perf_counter()
     with log_path.open("w") as log:
         proc = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
-    if proc.returncode != 0 or not Path(spec.result_path).exists():
+    profile_lost = proc.returncode != 0 and spec.profile and Path(spec.result_path).exists()
+    if profile_lost:  # killed in the profiled extra step (the profiler's events can exhaust RAM): timings stand
+        print(f"  {name}: the profiled extra step failed (exit {proc.returncode}); its timings stand, no split")
+    elif proc.returncode != 0 or not Path(spec.result_path).exists():
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-40:])
         raise SystemExit(f"{tail}\nworker {name} failed (exit {proc.returncode}); full log: {log_path}")
     shutil.rmtree(spec.output_dir, ignore_errors=True)  # logs and trainer state only; the model is not saved
@@ -552,14 +673,14 @@ def print_table(results: list[dict[str, Any]]) -> None:
     """One row per (implementation, vocabulary), with the plugin's ratios to the host and to TRL."""
     gib = 2**30
     print(
-        f"{'impl':<10} {'vocab':>6} {'tok/s':>7} {'CPU':>4} {'peak':>6} {'dpeak':>6} {'loss@1':>9} {'tok':>5} | "
-        f"{'tok/s ratio':>11} | {'peak ratio':>11} | {'dpeak ratio':>11}"
+        f"{'impl':<11} {'vocab':>6} {'tok/s':>7} {'CPU':>4} {'peak':>6} {'dpeak':>6} {'loss@1':>9} {'tok':>5} "
+        f"{'attn/body/head':>14} | {'tok/s ratio':>11} | {'peak ratio':>11} | {'dpeak ratio':>11}"
     )
     print(
-        f"{'':<10} {'':>6} {'':>7} {'use':>4} {'GiB':>6} {'GiB':>6} {'':>9} {'eff':>5} | "
+        f"{'':<11} {'':>6} {'':>7} {'use':>4} {'GiB':>6} {'GiB':>6} {'':>9} {'eff':>5} {'% of step':>14} | "
         + " | ".join(f"{'/host':>5} {'/TRL':>5}" for _ in range(3))
     )
-    print("-" * 103)
+    print("-" * 119)
     by_key = {(r["impl"], r["vocab"]): r for r in results}
     for r in results:
         refs = [by_key.get((impl, r["vocab"])) for impl in ("host", "trl")]
@@ -571,9 +692,11 @@ def print_table(results: list[dict[str, Any]]) -> None:
             cells.append(f"{pair[0]:>5} {pair[1]:>5}")
         tps, peak, dpeak = metrics(r)
         use = f"{r['cpu_util']:.0%}" if r["device"] == "cpu" else "-"
+        shares = r.get("shares") or {}
+        split = "/".join(f"{100 * shares.get(k, 0):.0f}" for k in ("attention", "body", "head")) if shares else "-"
         print(
-            f"{r['impl']:<10} {r['vocab']:>6} {tps:>7.0f} {use:>4} {peak / gib:>6.2f} {dpeak / gib:>6.2f} "
-            f"{r['loss1']:>9.6f} {r['efficiency']:>5.2f} | " + " | ".join(cells)
+            f"{r['impl']:<11} {r['vocab']:>6} {tps:>7.0f} {use:>4} {peak / gib:>6.2f} {dpeak / gib:>6.2f} "
+            f"{r['loss1']:>9.6f} {r['efficiency']:>5.2f} {split:>14} | " + " | ".join(cells)
         )
 
 
@@ -594,6 +717,23 @@ def check_losses(results: list[dict[str, Any]], dtype: str) -> bool:
     return ok
 
 
+def print_saved(paths: list[str]) -> int:
+    """The table and loss check of results saved with ``--json``; tokens/s recomputed from the saved steps."""
+    results, dtypes = [], set()
+    for path in paths:
+        saved = json.loads(Path(path).read_text())
+        run = saved["args"]
+        dtypes.add(run["dtype"])
+        start, end = run["warmup_steps"], run["warmup_steps"] + run["batches"] * run["repeats"]
+        for r in saved["results"]:
+            keys = r.get("batch_keys") or r["tokens_per_step"]  # older files: a batch's token count identifies it
+            r["tps_best"] = best_throughput(r["tokens_per_step"], r["step_times"], keys, start, end)
+            results.append(r)
+    print_table(results)
+    print()
+    return 0 if check_losses(results, dtypes.pop() if len(dtypes) == 1 else "bf16") else 1
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="vocab 32000 only; 1 warm-up step, 2 batches x 2")
@@ -603,7 +743,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cutoff-len", type=int, default=1024)
     parser.add_argument("--warmup-steps", type=int, default=None, help="burn-in steps, not timed (default 2)")
     parser.add_argument("--batches", type=int, default=None, help="distinct timed batches (default 4)")
-    parser.add_argument("--repeats", type=int, default=2, help="times each batch is timed; its best time counts")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="timed steps = batches x repeats; a batch seen twice counts at its best"
+    )
     parser.add_argument("--rounds", type=int, default=1, help="run every worker this often; keep the fastest")
     parser.add_argument(
         "--retries", type=int, default=2, help="CPU: rerun a worker whose CPU use was below 80%% (default 2)"
@@ -611,11 +753,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--idle-wait", type=float, default=120.0, help="CPU: before a worker, wait up to this many s for idle cores"
     )
+    parser.add_argument(
+        "--no-profile", dest="profile", action="store_false",
+        help="skip the extra profiled step (the attention / body / head split)",
+    )  # fmt: skip
     parser.add_argument("--model-shape", choices=sorted(SHAPES), default="tiny")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default=None, help="default: fp32 (tiny), bf16 (8b)")
     parser.add_argument("--deepspeed", default=None, help="DeepSpeed JSON for every impl (launches torchrun)")
     parser.add_argument("--nproc-per-node", type=int, default=1, help="GPUs per worker (launches torchrun)")
-    parser.add_argument("--gradient-checkpointing", action="store_true", help="for every impl (off by default)")
+    parser.add_argument(
+        "--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false",
+        help="for every impl (on by default, as in LLaMA-Factory)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--lengths", choices=["uniform", "real"], default="uniform",
+        help="uniform: 20-120 word prompts, 10-150 word responses; real: the demo sets' lengths (medians "
+        "180/320/340, long tails)",
+    )  # fmt: skip
     parser.add_argument(
         "--plugin-option",
         action="append",
@@ -625,9 +779,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--workdir", default=None, help="assets, logs and results; reuses models (default: temp)")
     parser.add_argument("--json", default=None, help="also write all results to this file")
+    parser.add_argument(
+        "--table", nargs="+", default=None, metavar="JSON",
+        help="print the table of earlier --json files (rows of several runs on one workdir) and exit",
+    )  # fmt: skip
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.vocabs = args.vocabs or ([32000] if args.quick else [128256] if args.model_shape == "8b" else [32000, 128000])
+    default_vocabs = {"8b": [128256], "smollm2": [49152]}.get(args.model_shape, [32000, 128000])
+    args.vocabs = args.vocabs or ([32000] if args.quick and args.model_shape == "tiny" else default_vocabs)
     args.warmup_steps = args.warmup_steps if args.warmup_steps is not None else (1 if args.quick else 2)
     args.batches = args.batches or (2 if args.quick else 4)
     args.dtype = args.dtype or ("bf16" if args.model_shape == "8b" else "fp32")
@@ -647,6 +806,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         worker(args.worker)
         return 0
+    if args.table:
+        return print_saved(args.table)
 
     import torch
 
@@ -655,11 +816,15 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     print(
         f"SimPO step benchmark: {args.model_shape} Llama, vocab {args.vocabs}, {args.batch_size} pairs/step, "
-        f"cutoff {args.cutoff_len}, {args.dtype}, AdamW; {args.warmup_steps} warm-up steps, then {args.batches} "
+        f"cutoff {args.cutoff_len}, {args.lengths} lengths, gradient checkpointing "
+        f"{'on' if args.gradient_checkpointing else 'off'}, {args.dtype}, AdamW; {args.warmup_steps} warm-up steps, "
+        f"then {args.batches} "
         f"batches x {args.repeats} timed; {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
         f"workdir {workdir}"
     )
-    assets = build_assets(workdir, args.vocabs, args.model_shape, args.batch_size * args.batches, args.dtype)
+    assets = build_assets(
+        workdir, args.vocabs, args.model_shape, args.batch_size * (args.batches + 1), args.dtype, args.lengths
+    )
 
     spec_device = "cuda" if torch.cuda.is_available() else "cpu"
     best: dict[tuple[str, int], dict[str, Any]] = {}
@@ -680,6 +845,8 @@ def main(argv: list[str] | None = None) -> int:
             deepspeed=str(Path(args.deepspeed).resolve()) if args.deepspeed else None,
             gradient_checkpointing=args.gradient_checkpointing,
             plugin_options=args.plugin_options,
+            vocab_size=vocab,
+            profile=args.profile,
         )
         for attempt in range(1 + args.retries):
             if spec_device == "cpu":  # a worker's timings are only as good as the machine is quiet
@@ -700,10 +867,12 @@ def main(argv: list[str] | None = None) -> int:
     ok = check_losses(results, args.dtype)
     legend = [
         "tok/s: unpadded prompt+chosen and prompt+rejected tokens per second of optimizer step (forward, backward,",
-        f"  AdamW); each batch's best of {args.repeats} timed steps, best of {args.rounds} round(s)",
+        f"  AdamW) over the timed steps' distinct batches, each at its fastest step; best of {args.rounds} round(s)",
         "CPU use: CPU time / (wall time x threads) over the timed steps; well below 100%: other processes competed",
         f"peak: {results[0]['memory_kind']} over all training steps; dpeak: peak minus memory at train begin",
         "tok eff: tokens the model computes / unique tokens (each prompt once + both responses, unpadded)",
+        "attn/body/head: self time of one profiled extra step: SDPA/flash kernels (forward+backward) / the rest /",
+        "  ops with a vocabulary-sized dimension (LM head, log-softmax, embedding)",
         "ratios: plugin rows divided by the host's and TRL's rows of the same vocabulary",
     ]
     print("\n".join(legend))

@@ -15,8 +15,8 @@ import torch
 from bench_step import SHAPES
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from simpo_plugin.forward import SequenceLogps
 from simpo_plugin.hparams import SimPOConfig
+from simpo_plugin.lean import SequenceLogps
 
 
 def peak_gib(device: torch.device) -> float:

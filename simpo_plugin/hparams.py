@@ -83,7 +83,17 @@ class SimPOArguments:
     )
     simpo_padding_free: bool = field(
         default=False,
-        metadata={"help": "Pack the whole batch into one row without padding (block-diagonal attention mask)."},
+        metadata={
+            "help": "Where the block attention route is off or unavailable: pack the whole batch into one row with "
+            "a dense block-diagonal mask instead of one padded row per pair."
+        },
+    )
+    simpo_attention_route: bool = field(
+        default=True,
+        metadata={
+            "help": "One packed row per batch, no padding, prompts shared, attention computed per segment with no "
+            "dense mask (sdpa/eager; exact). False: the dense-mask layouts."
+        },
     )
     simpo_probe_steps: int = field(
         default=DEFAULT_PROBE_STEPS,
@@ -153,6 +163,7 @@ class SimPOConfig:
     logps_chunk_size: int = 256
     prefix_sharing: bool = True
     padding_free: bool = False
+    attention_route: bool = True
     probe_steps: int = DEFAULT_PROBE_STEPS
     probe_prompts: int = 16
     probe_max_new_tokens: int = 128

@@ -13,8 +13,8 @@ from llamafactory.train.dpo.trainer import CustomDPOTrainer
 from transformers import Trainer
 from typing_extensions import override
 
-from .forward import SequenceLogps
 from .guards import NonFiniteGuard
+from .lean import SequenceLogps
 from .loss import SimPOLoss
 
 

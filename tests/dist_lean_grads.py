@@ -7,12 +7,16 @@ import torch.distributed as dist
 from lean_cases import collated_batch, tiny_model
 from torch.nn.parallel import DistributedDataParallel
 
-from simpo_plugin.forward import SequenceLogps
 from simpo_plugin.hparams import SimPOConfig
+from simpo_plugin.lean import SequenceLogps
 
 
-def loss_of(model, unwrapped, batch) -> torch.Tensor:
-    sums, lengths = SequenceLogps(SimPOConfig(beta=2.0, gamma=1.0, logps_chunk_size=5))(model, unwrapped, batch)
+DEFAULT = SimPOConfig(beta=2.0, gamma=1.0, logps_chunk_size=5)  # the block attention route, shared prompts
+PLAIN = SimPOConfig(beta=2.0, gamma=1.0, lean_logps=False, prefix_sharing=False, attention_route=False)
+
+
+def loss_of(model, unwrapped, batch, config: SimPOConfig = DEFAULT) -> torch.Tensor:
+    sums, lengths = SequenceLogps(config)(model, unwrapped, batch)
     return (sums / lengths).sum()
 
 
@@ -28,7 +32,7 @@ def main(out_path: str) -> None:
 
     reference = tiny_model("llama", seed=0)
     for seed in (100, 101):  # DDP averages the two ranks' gradients
-        (loss_of(reference, reference, collated_batch(num_pairs=2, seed=seed)) / 2).backward()
+        (loss_of(reference, reference, collated_batch(num_pairs=2, seed=seed), PLAIN) / 2).backward()
     expected = torch.cat([p.grad.flatten() for p in reference.parameters()])
     if rank == 0:
         across = (gathered[0] - gathered[1]).abs().max().item()

@@ -93,7 +93,7 @@ def test_any_text_tokenizes_into_scoreable_pairs(tiny_assets, prompt, chosen, re
     from llamafactory.hparams import DataArguments
     from transformers import AutoTokenizer
 
-    from simpo_plugin.packing import packed_layout, padded_layout
+    from simpo_plugin.lean.layout import packed_layout, padded_layout
 
     assert pair_problem(converted(prompt, chosen, rejected)) is None
     tokenizer = AutoTokenizer.from_pretrained(tiny_assets["model"])

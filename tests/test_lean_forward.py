@@ -10,26 +10,31 @@ import torch
 from conftest import cli_env
 from lean_cases import collated_batch, tiny_model
 
-from simpo_plugin import forward
-from simpo_plugin.forward import SequenceLogps
 from simpo_plugin.hparams import SimPOConfig
-from simpo_plugin.logps import model_inputs, plain_token_logps
-from simpo_plugin.packing import packed_layout, padded_layout
+from simpo_plugin.lean import SequenceLogps
+from simpo_plugin.lean import sequence as forward
+from simpo_plugin.lean.head import model_inputs, plain_token_logps
+from simpo_plugin.lean.layout import packed_layout, padded_layout
 
 
-def config(lean: bool = True, share: bool = True, one_row: bool = False, chunk: int = 7) -> SimPOConfig:
+def config(
+    lean: bool = True, share: bool = True, one_row: bool = False, chunk: int = 7, route: bool = True
+) -> SimPOConfig:
     return SimPOConfig(
-        beta=2.0, gamma=1.0, lean_logps=lean, prefix_sharing=share, padding_free=one_row, logps_chunk_size=chunk
-    )
+        beta=2.0, gamma=1.0, lean_logps=lean, prefix_sharing=share, padding_free=one_row, logps_chunk_size=chunk,
+        attention_route=route,
+    )  # fmt: skip
 
 
-REFERENCE = config(lean=False, share=False, one_row=False)
+REFERENCE = config(lean=False, share=False, one_row=False, route=False)
 PATHS = {
-    "lean": config(share=False),
-    "lean+shared": config(),
-    "lean+padding_free": config(share=False, one_row=True),
-    "lean+shared+padding_free": config(one_row=True),
-    "plain+shared": config(lean=False),
+    "lean": config(share=False, route=False),
+    "lean+shared_rows": config(route=False),
+    "lean+padding_free_mask": config(share=False, one_row=True, route=False),
+    "lean+shared+padding_free_mask": config(one_row=True, route=False),
+    "lean+route (default)": config(),
+    "lean+route_unshared": config(share=False),
+    "plain+route": config(lean=False),
     "lean+chunk_1": config(chunk=1),
 }
 
@@ -62,12 +67,78 @@ def test_fast_paths_match_padded_plain(kind: str, attn: str, path: str) -> None:
     assert_same(sums_and_grads(model, batch, PATHS[path]), sums_and_grads(model, batch, REFERENCE))
 
 
-def test_left_padding_and_gradient_checkpointing() -> None:
+@pytest.mark.parametrize("route", [True, False])
+def test_left_padding_and_gradient_checkpointing(route: bool) -> None:
     model = tiny_model("llama")
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     batch = collated_batch(num_pairs=4, seed=3, left_pad=True)
-    assert_same(sums_and_grads(model, batch, config(one_row=True)), sums_and_grads(model, batch, REFERENCE))
+    expected = sums_and_grads(model, batch, REFERENCE)
+    assert_same(sums_and_grads(model, batch, config(one_row=True, route=route)), expected)
+
+
+@pytest.mark.parametrize(("kind", "attn"), [("llama", "sdpa"), ("llama", "eager"), ("gemma2", "eager")])
+@pytest.mark.parametrize("case", ["one_pair", "one_token_prompt", "one_token_responses"])
+def test_route_edge_cases(kind: str, attn: str, case: str) -> None:
+    """Batches of one pair, and pairs whose prompt or responses are a single token."""
+    batch = collated_batch(num_pairs=1 if case == "one_pair" else 3, seed=21, distinct_prompt=False)
+    if case != "one_pair":
+        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        for row in range(ids.shape[0]):
+            n = int(mask[row].sum())
+            prompt = int((labels[row, :n] == -100).sum())
+            keep = (1 + (n - prompt)) if case == "one_token_prompt" else (prompt + 1)
+            src = slice(prompt - 1, n) if case == "one_token_prompt" else slice(0, keep)
+            new_ids, new_labels = ids[row, src].clone(), labels[row, src].clone()
+            ids[row], labels[row], mask[row] = 0, -100, 0
+            ids[row, : len(new_ids)], labels[row, : len(new_ids)], mask[row, : len(new_ids)] = new_ids, new_labels, 1
+        if case == "one_token_prompt":  # the pair's rows must still share their (now one-token) prompt
+            half = ids.shape[0] // 2
+            ids[half:, 0] = ids[:half, 0]
+    model = tiny_model(kind, attn=attn)
+    assert_same(sums_and_grads(model, batch, config()), sums_and_grads(model, batch, REFERENCE))
+
+
+def test_route_runs_in_every_layer_without_a_dense_mask() -> None:
+    model = tiny_model("llama")
+    batch = collated_batch(num_pairs=3, seed=2)
+    computer = SequenceLogps(config())
+    layout = computer.layout(batch, "sdpa", model)
+    assert layout.segments is not None and tuple(layout.attention_mask.shape) == (1, 1, 1, 1)
+    assert layout.input_ids.shape[0] == 1 and layout.computed_tokens < int(batch["attention_mask"].sum())
+    inputs = model_inputs(layout, "sdpa", torch.float32)
+    with torch.no_grad():
+        model(**inputs)
+    assert layout.segments.calls == model.config.num_hidden_layers
+    assert model.config._attn_implementation == "simpo_sdpa"
+    # without segments the routed model is the plain sdpa model (generation, evaluation)
+    padded = padded_layout(**batch)
+    with torch.no_grad():
+        routed = model(**model_inputs(padded, "sdpa", torch.float32)).logits
+        model.config._attn_implementation = "sdpa"
+        plain = model(**model_inputs(padded, "sdpa", torch.float32)).logits
+    torch.testing.assert_close(routed, plain, atol=0, rtol=0)
+
+
+def test_attention_that_bypasses_the_route_falls_back_to_dense_masks(caplog: pytest.LogCaptureFixture) -> None:
+    import copy
+
+    model = tiny_model("llama")
+    batch = collated_batch(num_pairs=3, seed=12)
+    expected = sums_and_grads(model, batch, REFERENCE)
+    computer = SequenceLogps(config())
+    computer.layout(batch, "sdpa", model)  # installs the route on the model's config ...
+    for layer in model.model.layers:  # ... which these attention modules no longer read
+        layer.self_attn.config = copy.copy(model.config)
+        layer.self_attn.config._attn_implementation = "sdpa"
+    with caplog.at_level(logging.WARNING, logger="llamafactory.simpo"):
+        model.zero_grad(set_to_none=True)
+        sums, lengths = computer(model, model, batch)
+        weights = torch.randn(sums.shape, generator=torch.Generator().manual_seed(1))
+        (sums * weights).sum().backward()
+    assert computer.route is False and "cannot be routed per segment" in caplog.text
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert_same((sums.detach(), lengths, grads), expected)
 
 
 def test_lora_including_the_head_uses_the_checkpointed_module_path() -> None:
@@ -169,6 +240,9 @@ def test_layouts_compute_fewer_tokens_and_score_the_same_responses() -> None:
     padded = padded_layout(**batch)
     shared = packed_layout(**batch, share_prompt=True)
     one_row = packed_layout(**batch, share_prompt=True, one_row=True)
+    routed = packed_layout(**batch, share_prompt=True, one_row=True, segments=True)
+    assert torch.equal(routed.input_ids, one_row.input_ids) and torch.equal(routed.predictors, one_row.predictors)
+    assert routed.segments.items[0].start == 0 and routed.segments.items[-1].end == routed.computed_tokens
     unique = int(batch["attention_mask"].sum()) - sum(
         int((batch["labels"][i] == -100).logical_and(batch["attention_mask"][i].bool()).sum()) for i in range(4)
     )  # every prompt once

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from simpo_plugin.kernels import chunked_label_logps, naive_label_logps
+from simpo_plugin.lean.kernel import chunked_label_logps, naive_label_logps
 
 
 # (N, H, V, chunk_size): odd sizes with a ragged last chunk, an exact multiple, chunk >= N and chunk of one token.

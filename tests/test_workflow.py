@@ -155,9 +155,10 @@ def test_bad_key_fails_before_loading_anything(tiny_assets, tmp_path) -> None:
 def test_fast_paths_train_exactly_like_the_plain_path(tiny_assets, tmp_path) -> None:
     """Lean log-probs, prefix sharing and padding-free packing change cost, not the training trajectory."""
     variants = {
-        "plain": {"simpo_lean_logps": False, "simpo_prefix_sharing": False},
-        "default": {},
-        "padding_free": {"simpo_padding_free": True},
+        "plain": {"simpo_lean_logps": False, "simpo_prefix_sharing": False, "simpo_attention_route": False},
+        "default": {},  # one packed row, shared prompts, the block attention route
+        "shared_rows": {"simpo_attention_route": False},  # the previous default: one row per pair, dense masks
+        "padding_free": {"simpo_attention_route": False, "simpo_padding_free": True},
     }
     losses = {}
     for name, keys in variants.items():
@@ -165,6 +166,6 @@ def test_fast_paths_train_exactly_like_the_plain_path(tiny_assets, tmp_path) -> 
         assert_ok(run_cli(config, tmp_path / name))
         losses[name] = [entry["loss"] for entry in log_history(tmp_path / name) if "loss" in entry]
     assert len(losses["plain"]) == 6
-    for name in ("default", "padding_free"):
+    for name in ("default", "shared_rows", "padding_free"):
         # rel: float reassociation over a 6-step trajectory; abs: transformers 4.x logs `loss` rounded to 4 decimals
         assert losses[name] == pytest.approx(losses["plain"], rel=1e-4, abs=1.01e-4), name

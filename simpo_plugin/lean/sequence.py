@@ -1,4 +1,4 @@
-"""Chooses, once per model, how a batch becomes per-sequence log-probs: layout and head path."""
+"""Chooses, once per model, how a batch becomes per-sequence log-probs: layout, attention route and head path."""
 
 import logging
 from typing import TYPE_CHECKING
@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from .logps import (
+from .attention import ROUTES, install_route
+from .head import (
     HeadNotCalledError,
     lean_token_logps,
     model_inputs,
@@ -14,11 +15,11 @@ from .logps import (
     sampled_plain_token_logps,
     sequence_sums,
 )
-from .packing import PairLayout, packed_layout, padded_layout
+from .layout import PairLayout, packed_layout, padded_layout
 
 
 if TYPE_CHECKING:
-    from .hparams import SimPOConfig
+    from ..hparams import SimPOConfig
 
 
 logger = logging.getLogger("llamafactory.simpo")
@@ -28,12 +29,19 @@ LEAN_CHECK_TOKENS = 256  # response tokens the one-time check scores through the
 LEAN_CHECK_MEAN_ATOL = 1e-2  # a head the lean path misses (a logit scale) moves every token; rounding moves few
 
 
+def base_attention(config: object) -> str | None:
+    """The model's attention implementation, seen through the route it may have been pointed at."""
+    current = getattr(config, "_attn_implementation", None)
+    return {route: base for base, route in ROUTES.items()}.get(current, current)
+
+
 class SequenceLogps:
     """Callable ``(model, unwrapped_model, batch) -> (sums (2B,), lengths (2B,))`` following ``config``."""
 
     def __init__(self, config: "SimPOConfig") -> None:
         self.config = config
         self.lean = config.lean_logps
+        self.route = config.attention_route
         self._lean_checked = False
         self._warned: set[str] = set()
 
@@ -42,15 +50,22 @@ class SequenceLogps:
             self._warned.add(message)
             logger.warning(f"simpo-plugin: {message}")
 
-    def layout(self, batch: dict[str, Tensor], attn_implementation: str | None) -> PairLayout:
+    def layout(
+        self, batch: dict[str, Tensor], attn_implementation: str | None, model: nn.Module | None = None
+    ) -> PairLayout:
+        """The batch's layout for ``attn_implementation`` (the base one; ``model`` receives the route if used)."""
         ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         share, one_row = self.config.prefix_sharing, self.config.padding_free
-        if not (share or one_row):
+        if not (share or one_row or self.route):
             return padded_layout(ids, mask, labels)
         if set(batch) - {"input_ids", "attention_mask", "labels"}:
             self._warn_once("prefix sharing / padding-free need text-only batches; using padded rows")
             return padded_layout(ids, mask, labels)
         if attn_implementation in MASK_ATTENTION:
+            if self.route and model is not None and install_route(model):
+                return packed_layout(ids, mask, labels, share_prompt=share, one_row=True, segments=True)
+            if not (share or one_row):
+                return padded_layout(ids, mask, labels)
             return packed_layout(ids, mask, labels, share_prompt=share, one_row=one_row)
         if attn_implementation in VARLEN_ATTENTION and one_row:
             if share:
@@ -62,10 +77,23 @@ class SequenceLogps:
         return padded_layout(ids, mask, labels)
 
     def __call__(self, model: nn.Module, unwrapped: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        config = unwrapped.config
-        layout = self.layout(batch, getattr(config, "_attn_implementation", None))
+        attn = base_attention(unwrapped.config)
+        layout = self.layout(batch, attn, unwrapped)
+        result = self._sums(model, unwrapped, batch, layout, attn)
+        if layout.segments is not None and layout.segments.calls == 0:  # the forward never reached the route
+            self.route = False
+            self._warn_once(
+                f"the attention of {type(unwrapped).__name__} cannot be routed per segment; using dense masks"
+            )
+            layout = self.layout(batch, attn, unwrapped)
+            result = self._sums(model, unwrapped, batch, layout, attn)
+        return result
+
+    def _sums(
+        self, model: nn.Module, unwrapped: nn.Module, batch: dict[str, Tensor], layout: PairLayout, attn: str | None
+    ) -> tuple[Tensor, Tensor]:
         extra = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask", "labels")}
-        inputs = model_inputs(layout, getattr(config, "_attn_implementation", None), unwrapped.dtype) | extra
+        inputs = model_inputs(layout, attn, unwrapped.dtype) | extra
         if self.lean:
             token_logps = self._lean(model, unwrapped, inputs, layout)
             if token_logps is not None:

@@ -9,7 +9,7 @@ Lean path, for a model that splits into body + LM head::
     chunked label log-probs              (N,) fp32, largest temporary (chunk, V)
     index_add by sequence id             (2B,) sums; lengths = tokens per sequence
 
-The chunked head is :func:`simpo_plugin.kernels.chunked_label_logps` on the head's weight when the head is a
+The chunked head is :func:`simpo_plugin.lean.kernel.chunked_label_logps` on the head's weight when the head is a
 plain ``nn.Linear`` whose weight is materialized; otherwise (LoRA on the head, ZeRO-3-partitioned weight) each
 chunk calls the head module itself under activation checkpointing, so the framework's own hooks still run.
 """
@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .kernels import chunked_label_logps
-from .packing import PairLayout, additive_mask
+from .kernel import chunked_label_logps
+from .layout import PairLayout, additive_mask
 
 
 class HeadNotCalledError(RuntimeError):
@@ -27,12 +27,15 @@ class HeadNotCalledError(RuntimeError):
 
 
 def model_inputs(layout: PairLayout, attn_implementation: str | None, dtype: torch.dtype) -> dict[str, Tensor]:
+    """The forward's keyword arguments; ``attn_implementation`` is the base one (``eager`` wants additive masks)."""
     inputs = {"input_ids": layout.input_ids}
     mask = layout.attention_mask
+    if layout.segments is not None:
+        inputs["simpo_segments"] = layout.segments  # the route reads these; the mask is a placeholder
+    elif mask is not None and mask.dim() == 4 and attn_implementation == "eager":
+        mask = additive_mask(mask, dtype)
     if mask is not None:
-        inputs["attention_mask"] = (
-            additive_mask(mask, dtype) if mask.dim() == 4 and attn_implementation == "eager" else mask
-        )
+        inputs["attention_mask"] = mask
     if layout.position_ids is not None:
         inputs["position_ids"] = layout.position_ids
     return inputs

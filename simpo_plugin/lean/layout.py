@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .attention import Segment, Segments, placeholder_mask
+
 
 IGNORE_INDEX = -100
 _PROMPT, _CHOSEN, _REJECTED, _PAD = 0, 1, 2, 3
@@ -38,6 +40,7 @@ class PairLayout:
     targets: Tensor  # (N,) the response tokens
     sequence_ids: Tensor  # (N,) pair i's chosen response -> i, its rejected response -> num_pairs + i
     num_pairs: int
+    segments: Segments | None = None  # the block route's description of a packed row's attention
 
     @property
     def computed_tokens(self) -> int:
@@ -74,9 +77,18 @@ def _split_row(ids: list[int], mask: list[int], labels: list[int]) -> tuple[list
 
 
 def packed_layout(
-    input_ids: Tensor, attention_mask: Tensor, labels: Tensor, share_prompt: bool = True, one_row: bool = False
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    labels: Tensor,
+    share_prompt: bool = True,
+    one_row: bool = False,
+    segments: bool = False,
 ) -> PairLayout:
-    """Pack the batch; see the module docstring. Pairs whose two prompts differ are never shared."""
+    """Pack the batch; see the module docstring. Pairs whose two prompts differ are never shared.
+
+    With ``segments`` (one row only) the attention is described by :class:`Segments` for the block route
+    instead of a dense (L x L) mask.
+    """
     num_pairs = input_ids.shape[0] // 2
     rows = [_split_row(*row) for row in zip(input_ids.tolist(), attention_mask.tolist(), labels.tolist(), strict=True)]
 
@@ -96,7 +108,7 @@ def packed_layout(
             pairs.append([_sequence_block(prompt_c, chosen, i), _sequence_block(prompt_r, rejected, num_pairs + i)])
 
     row_groups = [[block for blocks in pairs for block in blocks]] if one_row else pairs
-    return _assemble(row_groups, num_pairs, input_ids.device)
+    return _assemble(row_groups, num_pairs, input_ids.device, segments=segments and one_row)
 
 
 def _sequence_block(prompt: list[int], response: list[int], sequence_id: int) -> tuple:
@@ -115,8 +127,39 @@ def _sequence_block(prompt: list[int], response: list[int], sequence_id: int) ->
     )
 
 
-def _assemble(row_groups: list[list[tuple]], num_pairs: int, device: torch.device) -> PairLayout:
-    """Lay blocks out in rows (right-padded to the longest row) and build the 4D mask and index tensors."""
+def _block_segments(block: tuple, offset: int, device: torch.device) -> list[Segment]:
+    """A shared block gives ``[prompt][chosen]`` (causal) and ``[rejected]`` (keys: prompt + itself); else one."""
+    tokens, pos, kind, _ = block
+    n = len(tokens)
+    p, c = kind.count(_PROMPT), kind.count(_CHOSEN)
+    spans = [((0, p + c), ((0, p + c),)), ((p + c, n), ((0, p), (p + c, n)))] if _REJECTED in kind else [
+        ((0, n), ((0, n),))
+    ]  # fmt: skip
+    segments = []
+    for (start, end), key_ranges in spans:
+        if end <= start:
+            continue
+        query_pos = torch.tensor(pos[start:end], device=device)
+        key_pos = torch.tensor([pos[j] for a, b in key_ranges for j in range(a, b)], device=device)
+        square = key_ranges == ((start, end),)
+        segments.append(
+            Segment(
+                start=offset + start,
+                end=offset + end,
+                key_ranges=tuple((offset + a, offset + b) for a, b in key_ranges),
+                causal_square=square,
+                mask=None if square else query_pos[:, None] >= key_pos[None, :],
+                query_positions=query_pos,
+                key_positions=key_pos,
+            )
+        )
+    return segments
+
+
+def _assemble(
+    row_groups: list[list[tuple]], num_pairs: int, device: torch.device, segments: bool = False
+) -> PairLayout:
+    """Lay blocks out in rows (right-padded to the longest row) and build the mask (or segments) and indices."""
     length = max(sum(len(block[0]) for block in group) for group in row_groups)
     num_rows = len(row_groups)
     ids = torch.zeros(num_rows, length, dtype=torch.long)
@@ -124,11 +167,15 @@ def _assemble(row_groups: list[list[tuple]], num_pairs: int, device: torch.devic
     kinds = torch.full((num_rows, length), _PAD, dtype=torch.long)
     docs = torch.full((num_rows, length), -1, dtype=torch.long)
     predictors, targets, sequence_ids = [], [], []
+    row_segments: list[Segment] = []
     doc = 0
     for r, group in enumerate(row_groups):
         offset = 0
-        for tokens, pos, kind, responses in group:
+        for block in group:
+            tokens, pos, kind, responses = block
             n = len(tokens)
+            if segments:
+                row_segments += _block_segments(block, offset, device)
             ids[r, offset : offset + n] = torch.tensor(tokens)
             positions[r, offset : offset + n] = torch.tensor(pos)
             kinds[r, offset : offset + n] = torch.tensor(kind)
@@ -141,21 +188,23 @@ def _assemble(row_groups: list[list[tuple]], num_pairs: int, device: torch.devic
             doc += 1
         positions[r, offset:] = torch.arange(length - offset)
 
+    indices = {
+        "input_ids": ids.to(device),
+        "position_ids": positions.to(device),
+        "predictors": torch.tensor(predictors, dtype=torch.long, device=device),
+        "targets": torch.tensor(targets, dtype=torch.long, device=device),
+        "sequence_ids": torch.tensor(sequence_ids, dtype=torch.long, device=device),
+        "num_pairs": num_pairs,
+    }
+    if segments:  # one row that the blocks tile exactly: no padding, no mask
+        return PairLayout(attention_mask=placeholder_mask(device), segments=Segments(row_segments), **indices)
     q = torch.arange(length)
     causal = q[None, :] <= q[:, None]
     same_doc = (docs[:, :, None] == docs[:, None, :]) & (docs[:, :, None] >= 0)
     blocked = (kinds[:, :, None] == _REJECTED) & (kinds[:, None, :] == _CHOSEN)
     allowed = causal & same_doc & ~blocked
     allowed |= torch.eye(length, dtype=torch.bool)  # padding rows attend to themselves only
-    return PairLayout(
-        input_ids=ids.to(device),
-        attention_mask=allowed[:, None].to(device),
-        position_ids=positions.to(device),
-        predictors=torch.tensor(predictors, dtype=torch.long, device=device),
-        targets=torch.tensor(targets, dtype=torch.long, device=device),
-        sequence_ids=torch.tensor(sequence_ids, dtype=torch.long, device=device),
-        num_pairs=num_pairs,
-    )
+    return PairLayout(attention_mask=allowed[:, None].to(device), **indices)
 
 
 def additive_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
