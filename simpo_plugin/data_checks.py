@@ -5,8 +5,9 @@ Raw rows are read through the host's own loader and format converter (so every f
 exactly a row the host would drop later with a bare "Dropped invalid example" warning.
 """
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from llamafactory.data.parser import get_dataset_list
 from llamafactory.extras import logging
@@ -53,30 +54,58 @@ def pair_problem(row: dict[str, Any]) -> str | None:
     return None
 
 
-def check_rows(name: str, rows: Iterable[dict[str, Any]]) -> tuple[int, int]:
-    """Raise on malformed rows (naming dataset and row indices); returns (rows, pairs with chosen == rejected)."""
+def has_blank_response(row: dict[str, Any]) -> bool:
+    """Whether a well-formed converted row's chosen or rejected text is empty or whitespace only."""
+    return any(not message["content"].strip() for message in row["_response"])
+
+
+class RowCounts(NamedTuple):
+    rows: int
+    identical: int  # chosen == rejected: kept, warned about
+    blank: int  # an empty or whitespace-only response: dropped from training
+
+
+def _shown(items: list[str], sep: str = ", ") -> str:
+    more = len(items) - SHOWN_ROWS
+    return sep.join(items[:SHOWN_ROWS]) + (f"{sep}... ({more} more)" if more > 0 else "")
+
+
+def check_rows(name: str, rows: Iterable[dict[str, Any]]) -> RowCounts:
+    """Raise on malformed rows or a dataset of blank responses only (naming dataset and rows); warn on the rest."""
     bad: list[str] = []
+    blank: list[str] = []
     count = identical = 0
     for index, row in enumerate(rows):
         count += 1
         problem = pair_problem(row)
         if problem is not None:
             bad.append(f"row {index}: {problem}")
+        elif has_blank_response(row):
+            blank.append(str(index))
         elif row["_response"][0]["content"] == row["_response"][1]["content"]:
             identical += 1
     if bad:
-        shown = "; ".join(bad[:SHOWN_ROWS]) + (
-            f"; ... ({len(bad) - SHOWN_ROWS} more)" if len(bad) > SHOWN_ROWS else ""
-        )
         raise SimPOArgumentError(
-            f"Dataset `{name}`: {len(bad)} of {count} rows are not usable preference pairs ({shown}). Fix or remove "
-            "them: every row needs a prompt and a chosen and a rejected response, as text."
+            f"Dataset `{name}`: {len(bad)} of {count} rows are not usable preference pairs "
+            f"({_shown(bad, '; ')}). Fix or remove them: every row needs a prompt and a chosen "
+            "and a rejected response, as text."
+        )
+    if blank and len(blank) == count:
+        raise SimPOArgumentError(
+            f"Dataset `{name}`: all {count} pairs have an empty (or whitespace-only) chosen or rejected response "
+            f"(rows {_shown(blank)}); nothing is left to train on. Fill in the responses or use another dataset."
+        )
+    if blank:
+        logger.warning_rank0(
+            f"Dataset `{name}`: {len(blank)} of {count} pairs have an empty (or whitespace-only) chosen or rejected "
+            f"response (rows {_shown(blank)}); they are dropped: a preference for or against an empty answer "
+            "teaches the model to stop early or to ramble."
         )
     if identical:
         logger.warning_rank0(
             f"Dataset `{name}`: {identical} of {count} pairs have chosen == rejected; they teach nothing."
         )
-    return count, identical
+    return RowCounts(count, identical, len(blank))
 
 
 def check_raw_datasets(model_args: "ModelArguments", data_args: "DataArguments", training_args: Any) -> None:
@@ -91,6 +120,31 @@ def check_raw_datasets(model_args: "ModelArguments", data_args: "DataArguments",
         names = getattr(data_args, key) or []
         for name, attr in zip(names, get_dataset_list(names, data_args.dataset_dir), strict=True):
             check_rows(name, _load_single_dataset(attr, model_args, data_args, training_args))
+
+
+@contextmanager
+def without_blank_responses() -> Iterator[None]:
+    """While the host loads data, drop the converted rows :func:`check_rows` reported as blank.
+
+    The host's loader reads each dataset through ``_load_single_dataset`` (read, then convert); filtering its
+    result keeps every format, column mapping and later step of the host as it is.
+    """
+    from llamafactory.data import loader
+
+    original = loader._load_single_dataset
+
+    def load_without_blank(*args: Any, **kwargs: Any) -> Any:
+        dataset = original(*args, **kwargs)
+        keep = lambda row: pair_problem(row) is not None or not has_blank_response(row)  # noqa: E731
+        if hasattr(dataset, "__len__"):
+            return dataset.filter(keep, desc="SimPO: dropping pairs with an empty response")
+        return dataset.filter(keep)  # streaming
+
+    loader._load_single_dataset = load_without_blank
+    try:
+        yield
+    finally:
+        loader._load_single_dataset = original
 
 
 def has_response(labels: list[int]) -> bool:

@@ -7,7 +7,9 @@ the carrier's ``run_dpo`` hands over to the registered workflow, which sees its 
 doing everything else it does for its stages: callbacks, the Ray path and process-group teardown.
 """
 
+import argparse
 import functools
+import sys
 from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
@@ -57,8 +59,10 @@ def wrap_get_train_args(original: Callable[..., tuple], registry: StageRegistry 
     def get_train_args(args: RawArgs | None = None) -> tuple:
         raw = read_args(args)
         name = requested_stage(raw)
-        if name not in registry or "-h" in raw or "--help" in raw:
+        if name not in registry:
             return original(raw)
+        if "-h" in raw or "--help" in raw:
+            return _help_with_stage_keys(original, raw, name, registry)
 
         stage = registry.get(name)
         host_raw, stage_args = split_stage_args(raw, stage.args_class)
@@ -71,6 +75,28 @@ def wrap_get_train_args(original: Callable[..., tuple], registry: StageRegistry 
         return model_args, data_args, training_args, finetuning_args, generating_args
 
     return get_train_args
+
+
+def stage_help(name: str, registry: StageRegistry = REGISTRY) -> str:
+    """The help text of a plugin stage's own keys, in the host's argparse format."""
+    parser = HfArgumentParser(
+        registry.get(name).args_class,
+        prog="llamafactory-cli train",
+        usage=argparse.SUPPRESS,
+        add_help=False,
+        description=f"Keys that `stage: {name}` adds to the ones above (they may also go in the YAML file):",
+    )
+    return parser.format_help()
+
+
+def _help_with_stage_keys(original: Callable[..., tuple], raw: RawArgs, name: str, registry: StageRegistry) -> tuple:
+    """The host prints its own help and exits; the stage's keys follow, and the exit stays the host's."""
+    try:
+        return original(raw)
+    except SystemExit as exit_:
+        sys.stdout.flush()
+        print(f"\n{stage_help(name, registry)}")
+        raise exit_ from None
 
 
 def wrap_carrier_run(original: Callable[..., None], registry: StageRegistry = REGISTRY) -> Callable[..., None]:

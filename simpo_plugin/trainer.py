@@ -16,6 +16,7 @@ from typing_extensions import override
 from .guards import NonFiniteGuard
 from .lean import SequenceLogps
 from .loss import SimPOLoss
+from .preemption import PreemptionGuard, load_cpu_rank_locations
 
 
 if TYPE_CHECKING:
@@ -40,6 +41,10 @@ class SimPOTrainer(CustomDPOTrainer):
         self.simpo_loss = SimPOLoss(simpo_config)
         self.sequence_logps = SequenceLogps(simpo_config)
         self.add_callback(NonFiniteGuard())
+        self.preemption = PreemptionGuard()
+        self.add_callback(self.preemption)
+        if self.args.device.type == "cpu" and self.args.world_size > 1:
+            load_cpu_rank_locations()
         self._stored_metrics = defaultdict(lambda: defaultdict(list))
 
     @override

@@ -100,9 +100,12 @@ class StageUI:
     to_args: Callable[[Callable[[str], Any]], dict[str, Any]]
     locales: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
     accordion: str = "simpo_tab"
+    hides: tuple[str, ...] = ()  # host widgets that do not apply while this stage is chosen
 
 
-SIMPO_UI = StageUI(build=build_simpo_widgets, to_args=simpo_train_args, locales=SIMPO_LOCALES)
+# The host's DPO beta, ftx weight and loss type: SimPO has its own beta and SFT weight, and its own loss.
+SIMPO_UI = StageUI(build=build_simpo_widgets, to_args=simpo_train_args, locales=SIMPO_LOCALES,
+                   hides=("pref_beta", "pref_ftx", "pref_loss"))  # fmt: skip
 
 
 def wrap_create_train_tab(original: Callable, stages: list) -> Callable:
@@ -139,6 +142,18 @@ def wrap_create_train_tab(original: Callable, stages: list) -> Callable:
             [elem_dict["rlhf_tab"]],
             queue=False,
         )
+        hidden_by: dict[str, set[str]] = {}  # host widget -> labels of the stages that hide it
+        for stage in stages:
+            for name in stage.ui.hides:
+                hidden_by.setdefault(name, set()).add(stage.label)
+        if hidden_by:
+            names = sorted(hidden_by)
+            elem_dict["training_stage"].change(  # a plugin stage hides the host widgets it ignores; others show them
+                lambda label: [gr.update(visible=label not in hidden_by[name]) for name in names],
+                [elem_dict["training_stage"]],
+                [elem_dict[name] for name in names],
+                queue=False,
+            )
         return elem_dict
 
     return create_train_tab

@@ -1,6 +1,7 @@
 """run_simpo: the SimPO stage, wired from the host's own building blocks in the order of its ``run_dpo``."""
 
 import gc
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -13,15 +14,18 @@ from llamafactory.extras.ploting import plot_loss
 from llamafactory.model import load_model, load_tokenizer
 from llamafactory.train.trainer_utils import create_modelcard_and_push
 
-from .data_checks import check_preference_datasets, check_raw_datasets, drop_empty_pairs
+from .data_checks import check_preference_datasets, check_raw_datasets, drop_empty_pairs, without_blank_responses
 from .hparams import SimPOArgumentError, SimPOCollapseStop
 from .plots import plot_simpo_curves
+from .preemption import SimPOPreempted
 from .probing import attach_watchers
 
 
 if TYPE_CHECKING:
     from llamafactory.hparams import DataArguments, FinetuningArguments, ModelArguments
     from transformers import Seq2SeqTrainingArguments, TrainerCallback
+
+    from .trainer import SimPOTrainer
 
 
 logger = logging.get_logger("llamafactory.simpo")  # inherit the host's log handler and format
@@ -57,8 +61,10 @@ def run_simpo(
     The trainer, its DDP wrapper and their process-group work objects sit in reference cycles; left to the
     interpreter's teardown (after the host destroys the process group), gloo can abort the process at exit.
     """
-    _train_and_evaluate(model_args, data_args, training_args, finetuning_args, callbacks)
+    preempted = _train_and_evaluate(model_args, data_args, training_args, finetuning_args, callbacks)
     gc.collect()
+    if preempted is not None:
+        raise preempted
 
 
 def _train_and_evaluate(
@@ -67,7 +73,8 @@ def _train_and_evaluate(
     training_args: "Seq2SeqTrainingArguments",
     finetuning_args: "FinetuningArguments",
     callbacks: list["TrainerCallback"] | None,
-) -> None:
+) -> SimPOPreempted | None:
+    """Returns the stop to raise when a signal ended training (raised by the caller, once the trainer is freed)."""
     simpo_config = finetuning_args.stage_args
     logger.info_rank0(simpo_config.summary())
     check_preference_datasets(data_args)
@@ -77,7 +84,10 @@ def _train_and_evaluate(
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
     with explain_dataset_errors(data_args):
         check_raw_datasets(model_args, data_args, training_args)
-        dataset_module = get_dataset(template, model_args, data_args, training_args, stage="rm", **tokenizer_module)
+        with without_blank_responses():
+            dataset_module = get_dataset(
+                template, model_args, data_args, training_args, stage="rm", **tokenizer_module
+            )
     drop_empty_pairs(dataset_module, data_args.cutoff_len)
     if training_args.do_train and not len(dataset_module.get("train_dataset") or []):
         raise SimPOArgumentError(
@@ -110,6 +120,8 @@ def _train_and_evaluate(
     monitor = attach_watchers(trainer, simpo_config, model_args, data_args, template, tokenizer)
     if training_args.do_train:
         train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        if trainer.preemption.stopped is not None:
+            return _stop_after_preemption(trainer, training_args.output_dir)
         trainer.save_model()
         if finetuning_args.include_effective_tokens_per_second:
             train_result.metrics["effective_tokens_per_sec"] = calculate_tps(
@@ -139,3 +151,15 @@ def _train_and_evaluate(
             f"{checkpoint}: resume as is with `resume_from_checkpoint: {checkpoint}`, or start a new run from its "
             f"weights (`model_name_or_path: {checkpoint}`) with a lower learning_rate."
         )
+    return None
+
+
+def _stop_after_preemption(trainer: "SimPOTrainer", output_dir: str) -> SimPOPreempted:
+    """Once every rank has written its part of the checkpoint, say how to resume (rank 0, one line)."""
+    step, signum = trainer.preemption.stopped
+    trainer.accelerator.wait_for_everyone()
+    preempted = SimPOPreempted(step, signum, f"{output_dir}/checkpoint-{step}")
+    if trainer.is_world_process_zero():
+        sys.stderr.write(preempted.line + "\n")
+        sys.stderr.flush()
+    return preempted

@@ -32,8 +32,21 @@ def test_malformed_rows_raise_with_indices_and_identical_pairs_warn(caplog: pyte
     with pytest.raises(SimPOArgumentError, match=r"Dataset `x`: 2 of 4 rows .*row 1: .*row 3: "):
         check_rows("x", rows)
     with caplog.at_level(logging.WARNING):
-        assert check_rows("x", [converted(), converted(chosen="same", rejected="same")]) == (2, 1)
+        assert check_rows("x", [converted(), converted(chosen="same", rejected="same")]) == (2, 1, 0)
     assert "1 of 2 pairs have chosen == rejected" in caplog.text
+
+
+def test_blank_responses_are_counted_with_their_rows_and_all_blank_is_an_error(caplog) -> None:
+    blank = {1: dict(chosen=""), 4: dict(rejected=" \n\t"), 6: dict(chosen="", rejected=""), 7: dict(chosen="\u3000"),
+             8: dict(rejected=""), 9: dict(chosen=" ")}  # fmt: skip
+    rows = [converted(**blank.get(index, {})) for index in range(12)]
+    with caplog.at_level(logging.WARNING):
+        assert check_rows("prefs", rows) == (12, 0, 6)
+    assert ("Dataset `prefs`: 6 of 12 pairs have an empty (or whitespace-only) chosen or rejected response "
+            "(rows 1, 4, 6, 7, 8, ... (1 more)); they are dropped") in caplog.text  # fmt: skip
+    assert "chosen == rejected" not in caplog.text  # two empty responses are blank, not identical
+    with pytest.raises(SimPOArgumentError, match=r"Dataset `prefs`: all 2 pairs have an empty .* \(rows 0, 1\)"):
+        check_rows("prefs", [converted(chosen=""), converted(rejected=" ")])
 
 
 def test_pairs_with_an_empty_response_are_dropped_and_counted(caplog: pytest.LogCaptureFixture) -> None:
@@ -67,6 +80,34 @@ def test_null_field_is_reported_with_its_row_before_training(tiny_assets, tmp_pa
     assert result.returncode != 0 and len(errors) == 1, result.stderr[-2000:]
     assert "Dataset `nulls`: 1 of 6 rows" in errors[0] and "row 3:" in errors[0]
     assert "Traceback" not in result.stderr
+
+
+def test_blank_responses_are_dropped_before_the_model_loads(tiny_assets, tmp_path) -> None:
+    """Trained through the real CLI: the warning names dataset, count and rows, and exactly those pairs are gone."""
+    rows = [{"instruction": f"q{i}", "input": "", "chosen": f"a{i} b", "rejected": f"c{i}"} for i in range(10)]
+    rows[2]["chosen"], rows[5]["rejected"], rows[9]["rejected"] = "", "   ", "\n"
+    data_dir = _register(tmp_path, "blanks", rows)
+    config = base_config(tiny_assets, tmp_path / "o", dataset="blanks", dataset_dir=data_dir, eval_dataset=None,
+                         do_eval=False, max_steps=1, per_device_train_batch_size=7)  # fmt: skip
+    result = run_cli(config, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout  # the host's log lines
+    warning = "Dataset `blanks`: 3 of 10 pairs have an empty (or whitespace-only) chosen or rejected response"
+    warning += " (rows 2, 5, 9)"
+    assert output.count(warning) == 1
+    assert output.index(warning) < output.index("SimPO train data: 7 pairs used") < output.index("trainable params")
+
+
+def test_data_of_blank_responses_only_is_an_error_before_the_model_loads(tiny_assets, tmp_path) -> None:
+    rows = [{"instruction": "q", "input": "", "chosen": "", "rejected": "c"} for _ in range(3)]
+    data_dir = _register(tmp_path, "blanks", rows)
+    config = base_config(tiny_assets, tmp_path / "o", dataset="blanks", dataset_dir=data_dir, eval_dataset=None,
+                         do_eval=False)  # fmt: skip
+    result = run_cli(config, tmp_path)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("simpo-plugin: error:")]
+    assert result.returncode != 0 and len(errors) == 1, result.stderr[-2000:]
+    assert "Dataset `blanks`: all 3 pairs have an empty (or whitespace-only) chosen or rejected response" in errors[0]
+    assert "Traceback" not in result.stderr and not (tmp_path / "o").exists()
 
 
 def test_cutoff_that_empties_every_response_is_an_error(tiny_assets, tmp_path) -> None:

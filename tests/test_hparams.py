@@ -99,3 +99,31 @@ def test_dpo_keeps_host_defaults(tmp_path: Path) -> None:
     _, _, _, finetuning_args, _ = parse(tmp_path, stage="dpo")
     assert finetuning_args.stage == "dpo" and finetuning_args.pref_beta == 0.1
     assert not hasattr(finetuning_args, "plugin_stage")
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_lists_simpo_keys_after_the_hosts(flag: str) -> None:
+    """`llamafactory-cli train --stage simpo --help`: the host's help, then every SimPO key with its help text."""
+    import subprocess
+    import textwrap
+    from dataclasses import fields
+
+    from conftest import BIN_DIR, cli_env
+
+    from simpo_plugin.hparams import SimPOArguments
+
+    result = subprocess.run([str(BIN_DIR / "llamafactory-cli"), "train", "--stage", "simpo", flag], env=cli_env(),
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    section = out.index("Keys that `stage: simpo` adds")
+    assert 0 < out.index("--model_name_or_path") < out.index("--pref_beta") < section
+    ours = out[section:]
+    flat = " ".join(ours.split())
+    for field in fields(SimPOArguments):
+        assert f"--{field.name}" in ours, field.name
+        words = " ".join(field.metadata["help"].split())
+        assert textwrap.shorten(words, 60, placeholder="") in flat, field.name
+    host = subprocess.run([str(BIN_DIR / "llamafactory-cli"), "train", "--stage", "dpo", flag], env=cli_env(),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert host.returncode == 0 and "simpo_gamma_beta_ratio" not in host.stdout  # other stages: the host's help only

@@ -1,7 +1,9 @@
 """Runs that go wrong stop loudly and leave only loadable checkpoints."""
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -86,3 +88,86 @@ def test_accumulation_and_ranks_give_the_same_update(tiny_assets, tmp_path) -> N
         assert losses == pytest.approx(reference[0], rel=1e-5, abs=LOGGED_LOSS_ROUNDING), name
         for key in reference[1]:
             torch.testing.assert_close(weights[key], reference[1][key], atol=1e-6, rtol=1e-5, msg=f"{name}: {key}")
+
+
+def _signalled_run(config: dict, workdir: Path, step: int, name: str, ranks: int = 1):
+    """Run `config` with run_and_signal.py (under torchrun for 2 ranks) in its own process group."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    script = [str(Path(__file__).with_name("run_and_signal.py")), str(workdir / "config.yaml"), str(step), name]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--master_port=29533"]
+    launcher = [sys.executable] if ranks == 1 else torchrun
+    return subprocess.run([*launcher, *script], env=cli_env(), capture_output=True, text=True, timeout=600,
+                          start_new_session=True)  # fmt: skip
+
+
+@pytest.mark.parametrize(("ranks", "name", "zero"), [(1, "SIGINT", None), (2, "SIGTERM", None), (2, "SIGTERM", 3)])
+def test_signalled_run_checkpoints_its_step_and_resumes_exactly(tiny_assets, tmp_path, ranks, name, zero) -> None:
+    """Ctrl-C (1 process) or SIGTERM to torchrun's whole process group (2 gloo ranks, DDP or DeepSpeed ZeRO-3; the
+    agent forwards it once more) at step 5 of 10: the step finishes, checkpoint-5 is written on every rank, one line
+    names the resume setting, the exit is non-zero; the resumed run ends like an uninterrupted one."""
+    deepspeed = str(Path(__file__).parents[1] / "examples" / "deepspeed" / f"ds_z{zero}_config.json") if zero else None
+    common = dict(max_steps=10, logging_steps=1, do_eval=False, eval_dataset=None, learning_rate=5e-3,
+                  per_device_train_batch_size=8 // ranks, deepspeed=deepspeed)  # fmt: skip
+    env = cli_env(FORCE_TORCHRUN="1", NPROC_PER_NODE="2") if ranks == 2 else None
+    assert_ok(run_cli(base_config(tiny_assets, tmp_path / "straight", **common), tmp_path / "straight", env=env))
+
+    out = tmp_path / "stopped" / "out"
+    result = _signalled_run(base_config(tiny_assets, out, **common), tmp_path / "stopped", 5, name, ranks)
+    signum = getattr(signal, name)
+    assert result.returncode == (128 + signum if ranks == 1 else 1), result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("simpo-plugin: stopped by")]
+    checkpoint = out / "checkpoint-5"
+    assert lines == [
+        f"simpo-plugin: stopped by {name} after step 5; checkpoint saved to {checkpoint}. Resume with "
+        f"`resume_from_checkpoint: {checkpoint}` in the same config (or `resume_from_checkpoint={checkpoint}` on "
+        "the command line)."
+    ], result.stderr[-3000:]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-5"]
+    assert not (out / "model.safetensors").exists()  # no final save: the run did not finish
+    assert len(list(checkpoint.glob("rng_state*.pth"))) == ranks  # every rank wrote its part
+    if zero:
+        assert len(list(checkpoint.glob("global_step5/*optim_states.pt"))) == ranks  # each rank's ZeRO shard
+    assert len(_train_losses(checkpoint)) == 5
+
+    resumed = base_config(tiny_assets, out, resume_from_checkpoint=str(checkpoint), overwrite_output_dir=False,
+                          **common)  # fmt: skip
+    resumed_run = run_cli(resumed, tmp_path / "stopped", env=env)
+    assert resumed_run.returncode == 0, resumed_run.stdout[-3000:] + resumed_run.stderr[-6000:]
+    assert _train_losses(out) == pytest.approx(_train_losses(tmp_path / "straight"), rel=1e-5)
+    expected = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    actual = load_file(str(out / "model.safetensors"))
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], atol=1e-6, rtol=1e-5, msg=key)
+
+
+REPEATS = """
+import signal, sys, time
+from simpo_plugin.preemption import StopRequest
+request = StopRequest(repeat_window_s=1.0)
+request.install()
+print("ready", flush=True)
+while True:
+    time.sleep(0.01)
+    if request.signum:
+        print("requested", request.signum, flush=True)
+        request.signum = -request.signum  # print once; the handler keeps its first time
+"""
+
+
+def test_a_repeat_within_the_window_is_the_same_request_and_a_later_one_stops_at_once() -> None:
+    child = subprocess.Popen([sys.executable, "-c", REPEATS], env=cli_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "ready\n"
+        child.send_signal(signal.SIGTERM)
+        child.send_signal(signal.SIGTERM)  # a launcher forwarding the same request
+        assert child.stdout.readline() == f"requested {int(signal.SIGTERM)}\n"
+        time.sleep(0.3)
+        assert child.poll() is None  # still finishing its step
+        time.sleep(1.0)
+        started = time.monotonic()
+        child.send_signal(signal.SIGINT)  # a second request, after the window: stop now
+        assert child.wait(timeout=10) == -signal.SIGINT
+        assert time.monotonic() - started < 1.0
+    finally:
+        child.kill()

@@ -113,3 +113,36 @@ def test_read_only_filesystem_changes_nothing(tmp_path: Path) -> None:
     assert status == "True simpo"
     assert any(path.startswith(str(tmp_path / "pycache")) for path in refused), "no bytecode write was refused"
     assert "simpo-plugin" not in out.stderr
+
+
+def test_the_suite_runs_on_the_install_it_names() -> None:
+    """`make test` runs on an editable install; `make test-lowest` on the wheel built from the sdist, as users
+    install it. Either way the `.pth` startup line sits in site-packages, and a new interpreter started where the
+    suite runs imports the installed package and has the stage."""
+    import importlib.metadata
+    import json
+    import sysconfig
+
+    import simpo_plugin
+
+    mode = os.environ.get("SIMPO_TEST_INSTALL", "editable")
+    site = Path(sysconfig.get_paths()["purelib"])
+    checkout = Path(__file__).resolve().parents[1]
+    assert (site / "simpo_plugin.pth").read_text() == (checkout / "simpo_plugin.pth").read_text()
+    distribution = importlib.metadata.distribution("simpo-plugin")
+    direct_url = json.loads(distribution.read_text("direct_url.json") or "{}")
+    editable = direct_url.get("dir_info", {}).get("editable", False)
+    child = python("import simpo_plugin, llamafactory.extras.constants as c; print(simpo_plugin.__file__, "
+                   "'simpo' in c.TRAINING_STAGES.values())")  # fmt: skip
+    assert child.returncode == 0, child.stderr
+    child_file, has_stage = child.stdout.split()
+    assert has_stage == "True" and child_file == simpo_plugin.__file__
+    if mode == "wheel":
+        assert not editable and direct_url["url"].endswith(".whl"), direct_url
+        assert Path(simpo_plugin.__file__).resolve().is_relative_to(site.resolve())
+        built = sorted(path.suffix for path in (Path(sys.prefix) / "dist").iterdir())
+        assert built == [".gz", ".whl"]  # the sdist, and the wheel built from it
+        packaged = {str(path) for path in distribution.files}
+        assert {"simpo_plugin.pth", "simpo_plugin/lean/attention.py", "simpo_plugin/generation/pairs.py"} <= packaged
+    else:
+        assert editable and Path(simpo_plugin.__file__).resolve().is_relative_to(checkout)

@@ -53,7 +53,7 @@ def webui(tmp_path):
 def test_browser_preview_shows_a_simpo_command(webui, tiny_assets) -> None:
     if CHROMIUM is None:
         pytest.skip("no Chromium: install Debian's `chromium` package (make test does this when it can)")
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
@@ -65,6 +65,12 @@ def test_browser_preview_shows_a_simpo_command(webui, tiny_assets) -> None:
             stage.wait_for(timeout=120_000)
             stage.click()
             page.get_by_role("option", name="SimPO").click()
+            dpo_only = [page.locator("input[type=number][aria-label*='Beta value']"),
+                        page.locator("input[type=number][aria-label*='Ftx gamma']"),
+                        page.get_by_label("Loss type", exact=True)]  # fmt: skip
+            for widget in dpo_only:  # the host's DPO beta, ftx weight and loss type do not apply to SimPO
+                expect(widget).to_be_hidden(timeout=30_000)
+            expect(page.locator("input[type=number][aria-label*='SimPO beta']")).to_be_visible()
             page.get_by_label("Model name", exact=True).click()
             page.get_by_role("option").first.click()
             page.locator("label", has_text="Model path").locator("textarea").fill(str(tiny_assets["model"]))
@@ -79,6 +85,11 @@ def test_browser_preview_shows_a_simpo_command(webui, tiny_assets) -> None:
             page.get_by_text("--stage simpo").wait_for(timeout=60_000)
             command = page.locator("code").filter(has_text="--stage simpo").inner_text()
             page.screenshot(path=str(ARTIFACTS / "webui_simpo_preview.png"), full_page=True)
+            stage.click()
+            page.get_by_role("option", name="DPO", exact=True).click()
+            for widget in dpo_only:  # back to DPO: its widgets are shown again
+                expect(widget).to_be_visible(timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "webui_dpo_widgets.png"), full_page=True)
         finally:
             browser.close()
     assert "--pref_beta 3.5" in command
