@@ -54,9 +54,9 @@ def pair_problem(row: dict[str, Any]) -> str | None:
     return None
 
 
-def has_blank_response(row: dict[str, Any]) -> bool:
+def is_blank_pair(row: dict[str, Any]) -> bool:
     """Whether a well-formed converted row's chosen or rejected text is empty or whitespace only."""
-    return any(not message["content"].strip() for message in row["_response"])
+    return pair_problem(row) is None and any(not message["content"].strip() for message in row["_response"])
 
 
 class RowCounts(NamedTuple):
@@ -80,7 +80,7 @@ def check_rows(name: str, rows: Iterable[dict[str, Any]]) -> RowCounts:
         problem = pair_problem(row)
         if problem is not None:
             bad.append(f"row {index}: {problem}")
-        elif has_blank_response(row):
+        elif is_blank_pair(row):
             blank.append(str(index))
         elif row["_response"][0]["content"] == row["_response"][1]["content"]:
             identical += 1
@@ -135,7 +135,7 @@ def without_blank_responses() -> Iterator[None]:
 
     def load_without_blank(*args: Any, **kwargs: Any) -> Any:
         dataset = original(*args, **kwargs)
-        keep = lambda row: pair_problem(row) is not None or not has_blank_response(row)  # noqa: E731
+        keep = lambda row: not is_blank_pair(row)  # noqa: E731
         if hasattr(dataset, "__len__"):
             return dataset.filter(keep, desc="SimPO: dropping pairs with an empty response")
         return dataset.filter(keep)  # streaming

@@ -6,6 +6,7 @@ every worker, a terminal sends Ctrl-C to the whole process group), so a worker o
 within milliseconds: a repeat within ``REPEAT_WINDOW_S`` is the same request, a later one stops at once.
 """
 
+import functools
 import os
 import re
 import signal
@@ -99,7 +100,6 @@ class PreemptionGuard(TrainerCallback):
 
 
 _CPU_RANK_LOCATION = re.compile(r"cpu:\d+")
-_cpu_rank_locations_registered = False
 
 
 def _no_tag(storage: Any) -> None:
@@ -110,6 +110,7 @@ def _restore_cpu_rank(storage: Any, location: str) -> Any:
     return storage if _CPU_RANK_LOCATION.fullmatch(location) else None
 
 
+@functools.cache
 def load_cpu_rank_locations() -> None:
     """Let ``torch.load`` map storages to ``cpu:N``, the device ``TrainingArguments`` gives CPU ranks.
 
@@ -117,10 +118,6 @@ def load_cpu_rank_locations() -> None:
     raises "don't know how to restore data location ... (tagged with cpu:0)", so a stopped CPU run could not
     resume. Registered once per process; it changes no other location.
     """
-    global _cpu_rank_locations_registered
-    if _cpu_rank_locations_registered:
-        return
-    _cpu_rank_locations_registered = True
     torch.serialization.register_package(100, _no_tag, _restore_cpu_rank)
 
 

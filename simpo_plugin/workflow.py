@@ -1,6 +1,7 @@
 """run_simpo: the SimPO stage, wired from the host's own building blocks in the order of its ``run_dpo``."""
 
 import gc
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ from llamafactory.extras.misc import calculate_tps
 from llamafactory.extras.ploting import plot_loss
 from llamafactory.model import load_model, load_tokenizer
 from llamafactory.train.trainer_utils import create_modelcard_and_push
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .data_checks import check_preference_datasets, check_raw_datasets, drop_empty_pairs, without_blank_responses
 from .hparams import SimPOArgumentError, SimPOCollapseStop
@@ -145,7 +147,7 @@ def _train_and_evaluate(
     trainer.accelerator.wait_for_everyone()  # no rank exits, and tears the group down, while rank 0 still writes
     if monitor.stopped is not None:
         step, name = monitor.stopped
-        checkpoint = f"{training_args.output_dir}/checkpoint-{step}"
+        checkpoint = checkpoint_dir(training_args.output_dir, step)
         raise SimPOCollapseStop(
             f"training stopped at step {step} on the `{name}` warning (simpo_stop_on_collapse). The checkpoint is "
             f"{checkpoint}: resume as is with `resume_from_checkpoint: {checkpoint}`, or start a new run from its "
@@ -154,11 +156,16 @@ def _train_and_evaluate(
     return None
 
 
+def checkpoint_dir(output_dir: str, step: int) -> str:
+    """Where the host's trainer saves the checkpoint of ``step``; the stop messages name it for resuming."""
+    return os.path.join(output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
+
+
 def _stop_after_preemption(trainer: "SimPOTrainer", output_dir: str) -> SimPOPreempted:
     """Once every rank has written its part of the checkpoint, say how to resume (rank 0, one line)."""
     step, signum = trainer.preemption.stopped
     trainer.accelerator.wait_for_everyone()
-    preempted = SimPOPreempted(step, signum, f"{output_dir}/checkpoint-{step}")
+    preempted = SimPOPreempted(step, signum, checkpoint_dir(output_dir, step))
     if trainer.is_world_process_zero():
         sys.stderr.write(preempted.line + "\n")
         sys.stderr.flush()
