@@ -95,6 +95,13 @@ class SimPOArguments:
             "dense mask (sdpa/eager; exact). False: the dense-mask layouts."
         },
     )
+    simpo_cpu_gradient_buffers: bool = field(
+        default=True,
+        metadata={
+            "help": "Single-process CPU training: keep each gradient in a buffer allocated before the first step, "
+            "so freed gradients do not fragment the heap (lower peak RSS; exact)."
+        },
+    )
     simpo_probe_steps: int = field(
         default=DEFAULT_PROBE_STEPS,
         metadata={
@@ -164,6 +171,7 @@ class SimPOConfig:
     prefix_sharing: bool = True
     padding_free: bool = False
     attention_route: bool = True
+    cpu_gradient_buffers: bool = True
     probe_steps: int = DEFAULT_PROBE_STEPS
     probe_prompts: int = 16
     probe_max_new_tokens: int = 128

@@ -13,6 +13,7 @@ from llamafactory.train.dpo.trainer import CustomDPOTrainer
 from transformers import Trainer
 from typing_extensions import override
 
+from .grad_buffers import GradientBuffers
 from .guards import NonFiniteGuard
 from .lean import SequenceLogps
 from .loss import SimPOLoss
@@ -45,6 +46,10 @@ class SimPOTrainer(CustomDPOTrainer):
         self.add_callback(self.preemption)
         if self.args.device.type == "cpu" and self.args.world_size > 1:
             load_cpu_rank_locations()
+        single_cpu = self.args.device.type == "cpu" and self.args.world_size == 1
+        sharded = self.is_deepspeed_enabled or self.is_fsdp_enabled  # these keep gradients in their own buffers
+        if simpo_config.cpu_gradient_buffers and single_cpu and not sharded:
+            self.add_callback(GradientBuffers())
         self._stored_metrics = defaultdict(lambda: defaultdict(list))
 
     @override

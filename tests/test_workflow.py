@@ -1,6 +1,7 @@
 """End to end through the real `llamafactory-cli train` in a subprocess, on the tiny local model."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -153,19 +154,29 @@ def test_bad_key_fails_before_loading_anything(tiny_assets, tmp_path) -> None:
 
 
 def test_fast_paths_train_exactly_like_the_plain_path(tiny_assets, tmp_path) -> None:
-    """Lean log-probs, prefix sharing and padding-free packing change cost, not the training trajectory."""
+    """Lean log-probs, prefix sharing, padding-free packing and gradient buffers change cost, not the trajectory."""
     variants = {
         "plain": {"simpo_lean_logps": False, "simpo_prefix_sharing": False, "simpo_attention_route": False},
         "default": {},  # one packed row, shared prompts, the block attention route
         "shared_rows": {"simpo_attention_route": False},  # the previous default: one row per pair, dense masks
         "padding_free": {"simpo_attention_route": False, "simpo_padding_free": True},
+        "gradients_freed": {"simpo_cpu_gradient_buffers": False},  # torch's default: each step's own gradients
     }
-    losses = {}
+    losses, logs = {}, {}
     for name, keys in variants.items():
         config = base_config(tiny_assets, tmp_path / name, max_steps=6, logging_steps=1, do_eval=False, **keys)
-        assert_ok(run_cli(config, tmp_path / name))
+        result = run_cli(config, tmp_path / name)
+        assert_ok(result)
+        logs[name] = result.stdout + result.stderr
         losses[name] = [entry["loss"] for entry in log_history(tmp_path / name) if "loss" in entry]
     assert len(losses["plain"]) == 6
+    weights = {name: load_file(tmp_path / name / "model.safetensors") for name in ("default", "gradients_freed")}
+    assert weights["default"].keys() == weights["gradients_freed"].keys()
+    buffered = r"CPU training: gradients of (\d+) tensors kept in buffers allocated once"
+    assert re.findall(buffered, logs["default"]) == [str(len(weights["default"]))]  # one per trainable tensor
+    assert not re.findall(buffered, logs["gradients_freed"])
+    for key, tensor in weights["default"].items():  # the buffers hold the same gradients: bit-equal weights
+        assert torch.equal(tensor, weights["gradients_freed"][key]), key
     for name in ("default", "shared_rows", "padding_free"):
         # rel: float reassociation over a 6-step trajectory; abs: transformers 4.x logs `loss` rounded to 4 decimals
         assert losses[name] == pytest.approx(losses["plain"], rel=1e-4, abs=1.01e-4), name
