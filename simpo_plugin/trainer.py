@@ -44,11 +44,11 @@ class SimPOTrainer(CustomDPOTrainer):
         self.add_callback(NonFiniteGuard())
         self.preemption = PreemptionGuard()
         self.add_callback(self.preemption)
-        if self.args.device.type == "cpu" and self.args.world_size > 1:
+        on_cpu = self.args.device.type == "cpu"
+        if on_cpu and self.args.world_size > 1:
             load_cpu_rank_locations()
-        single_cpu = self.args.device.type == "cpu" and self.args.world_size == 1
         sharded = self.is_deepspeed_enabled or self.is_fsdp_enabled  # these keep gradients in their own buffers
-        if simpo_config.cpu_gradient_buffers and single_cpu and not sharded:
+        if simpo_config.cpu_gradient_buffers and on_cpu and self.args.world_size == 1 and not sharded:
             self.add_callback(GradientBuffers())
         self._stored_metrics = defaultdict(lambda: defaultdict(list))
 

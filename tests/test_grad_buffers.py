@@ -48,3 +48,25 @@ def test_gradients_match_the_default_and_live_in_the_buffers() -> None:
     callback.on_train_end(None, None, None)
     buffered(torch.ones(1, 8)).sum().backward()  # hooks removed: the fresh gradient stays where backward put it
     assert buffered.first.weight.grad.data_ptr() not in addresses
+
+
+def test_tensors_over_the_limit_keep_their_own_gradient() -> None:
+    """Over glibc's mmap threshold a gradient is mapped and unmapped whole: a buffer would only hold its memory."""
+    plain, buffered = twin_models()
+    callback = GradientBuffers(max_bytes=255)  # `first.weight` (8x8 float32, 256 bytes) is over the limit
+    callback.on_train_begin(None, None, None, model=buffered)
+    assert callback.unbuffered == 1 and len(callback.buffers) == 5
+    addresses = {buffer.data_ptr() for buffer in callback.buffers}
+    optimizers = [torch.optim.AdamW(model.parameters(), lr=0.1) for model in (plain, buffered)]
+    for step in range(2):
+        for model, optimizer in zip((plain, buffered), optimizers, strict=True):
+            model(torch.randn(4, 8, generator=torch.Generator().manual_seed(step))).pow(2).sum().backward()
+            optimizer.step()
+            if model is buffered:
+                assert model.first.weight.grad.data_ptr() not in addresses
+                assert model.first.bias.grad.data_ptr() in addresses
+            model.zero_grad()
+        for a, b in zip(plain.parameters(), buffered.parameters(), strict=True):
+            assert torch.equal(a, b), step
+    callback.on_train_end(None, None, None)
+    assert callback.unbuffered == 0 and not callback.buffers
