@@ -151,15 +151,32 @@ def has_response(labels: list[int]) -> bool:
     return any(label != IGNORE_INDEX for label in labels)
 
 
+def has_rows(dataset: Any) -> bool:
+    """Whether ``dataset`` holds at least one row; a streaming dataset is assumed to (it is read lazily)."""
+    if dataset is None:
+        return False
+    return len(dataset) > 0 if hasattr(dataset, "__len__") else True
+
+
+def _both_responses(row: dict[str, Any]) -> bool:
+    return has_response(row["chosen_labels"]) and has_response(row["rejected_labels"])
+
+
 def drop_empty_responses(dataset: "Dataset | None", split: str, cutoff_len: int) -> "Dataset | None":
-    """Drop pairs whose chosen or rejected response is empty after truncation to ``cutoff_len``, and say so."""
-    if dataset is None or not hasattr(dataset, "filter") or not hasattr(dataset, "__len__"):
+    """Drop pairs whose chosen or rejected response is empty after truncation to ``cutoff_len``, and say so.
+
+    A streaming dataset is filtered lazily, as it is read; its dropped pairs cannot be counted up front.
+    """
+    if dataset is None or not hasattr(dataset, "filter"):
         return dataset
+    if not hasattr(dataset, "__len__"):
+        logger.info_rank0(
+            f"SimPO {split} data (streaming): pairs with a response that is empty after truncation to "
+            f"cutoff_len={cutoff_len} are dropped as they are read"
+        )
+        return dataset.filter(_both_responses)
     before = len(dataset)
-    kept = dataset.filter(
-        lambda row: has_response(row["chosen_labels"]) and has_response(row["rejected_labels"]),
-        desc="SimPO: dropping pairs with an empty response",
-    )
+    kept = dataset.filter(_both_responses, desc="SimPO: dropping pairs with an empty response")
     dropped = before - len(kept)
     reason = f", {dropped} dropped: a response is empty after truncation to cutoff_len={cutoff_len}" if dropped else ""
     logger.info_rank0(f"SimPO {split} data: {len(kept)} pairs used{reason}")

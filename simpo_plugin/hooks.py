@@ -23,6 +23,7 @@ HOST_HOOKS: dict[str, Callable[[ModuleType], bool]] = {
     "llamafactory.webui.locales": patches.patch_locales,
     "llamafactory.webui.interface": patches.patch_train_tab,
     "llamafactory.webui.runner": patches.patch_runner,
+    "llamafactory.launcher": patches.patch_launcher,
 }
 _installed = False
 

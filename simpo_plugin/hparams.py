@@ -235,6 +235,11 @@ def resolve_simpo_args(
     if sft_weight < 0:
         raise SimPOArgumentError(f"`pref_ftx` (SFT weight) must be >= 0, got {sft_weight}.")
 
+    if training_args.do_train:
+        from .checkpoints import resolve_resume  # the host's modules load only with the host
+
+        resolve_resume(training_args, given="resume_from_checkpoint" in given_keys)
+
     stage_keys = {
         f.name: getattr(args, f"simpo_{f.name}") for f in fields(SimPOConfig) if hasattr(args, f"simpo_{f.name}")
     }

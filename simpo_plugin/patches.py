@@ -10,6 +10,8 @@ Touch-points (LLaMA-Factory 0.9.x):
 - ``llamafactory.webui.locales.LOCALES``: the stages' widget labels in every UI language.
 - ``llamafactory.webui.interface.create_train_tab``: the Train tab gains each stage's widgets.
 - ``llamafactory.webui.runner.Runner._parse_train_args``: a plugin stage's widgets become its YAML keys.
+- ``llamafactory.launcher.subprocess``: for a plugin stage, the torchrun child gets stop signals passed on
+  (:mod:`simpo_plugin.launcher`).
 """
 
 import sys
@@ -152,6 +154,26 @@ def patch_train_tab(module: ModuleType | None = None, registry: StageRegistry = 
 
 def unpatch_train_tab(module: ModuleType | None = None) -> bool:
     return _unwrap(module or sys.modules["llamafactory.webui.interface"], "create_train_tab")
+
+
+def patch_launcher(module: ModuleType | None = None, registry: StageRegistry = REGISTRY) -> bool:
+    from .launcher import LauncherSubprocess
+
+    module = module or sys.modules["llamafactory.launcher"]
+    current = _require(module, "subprocess")
+    if isinstance(current, LauncherSubprocess):
+        return False
+    module.subprocess = LauncherSubprocess(current, registry)
+    return True
+
+
+def unpatch_launcher(module: ModuleType | None = None) -> bool:
+    module = module or sys.modules["llamafactory.launcher"]
+    original = getattr(module.subprocess, "__simpo_original__", None)
+    if original is None:
+        return False
+    module.subprocess = original
+    return True
 
 
 def _with_stage_args(original: Callable, registry: StageRegistry) -> Callable:

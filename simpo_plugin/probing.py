@@ -9,10 +9,13 @@ import copy
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+from llamafactory.extras import logging
+
 from .generation.probes import GenerationProbe, ProbeSettings
 from .generation.prompts import load_prompts
 from .generation.scorers import check_scorer
 from .monitor import CollapseMonitor
+from .optional import GuardedCallback, optional
 
 
 if TYPE_CHECKING:
@@ -20,7 +23,10 @@ if TYPE_CHECKING:
 
     from .hparams import SimPOConfig
 
-ROWS_PER_PROMPT = 4  # rows read per probe prompt: room for duplicates and unusable rows
+
+logger = logging.get_logger("llamafactory.simpo")
+PROBE_ROWS = 1024  # rows read per dataset to find probe prompts that fit cutoff_len
+PROBE_FIX = "Set `simpo_probe_steps: 0` to silence this, or fix the cause it names."
 
 
 def probe_scorer(config: "SimPOConfig", template_name: str | None) -> SimpleNamespace | None:
@@ -34,6 +40,28 @@ def probe_scorer(config: "SimPOConfig", template_name: str | None) -> SimpleName
     )
 
 
+def probe_prompts(
+    config: "SimPOConfig", model_args: "ModelArguments", data_args: "DataArguments", template: Any, tokenizer: Any
+) -> list:
+    """The first ``probe_prompts`` unique prompts that fit ``cutoff_len``, among the first rows of the datasets.
+
+    Prompts longer than ``cutoff_len`` are legal training data (the host truncates them) but are not probed:
+    a truncated prompt loses its end, the turn the model answers.
+    """
+    source = copy.copy(data_args)
+    source.dataset = list(data_args.eval_dataset or data_args.dataset)
+    source.max_samples = None if data_args.streaming else PROBE_ROWS  # the host's max_samples needs a sized dataset
+    prompt_set = load_prompts(model_args, source, template, tokenizer, max_rows=PROBE_ROWS)
+    prompts = prompt_set.prompts[: config.probe_prompts]
+    if len(prompts) < config.probe_prompts:
+        logger.info_rank0(
+            f"Generation probes: {len(prompts)} prompts (asked for {config.probe_prompts}) among the first "
+            f"{PROBE_ROWS} rows of {', '.join(source.dataset)}: {prompt_set.too_long} longer than cutoff_len="
+            f"{data_args.cutoff_len}, {prompt_set.duplicates} duplicates"
+        )
+    return prompts
+
+
 def build_probe(
     trainer: Any,
     config: "SimPOConfig",
@@ -42,13 +70,10 @@ def build_probe(
     template: Any,
     tokenizer: Any,
 ) -> GenerationProbe:
-    source = copy.copy(data_args)
-    source.dataset = list(data_args.eval_dataset or data_args.dataset)
-    source.max_samples = max(ROWS_PER_PROMPT * config.probe_prompts, 64)
-    prompts = load_prompts(model_args, source, template, tokenizer).prompts[: config.probe_prompts]
+    prompts = probe_prompts(config, model_args, data_args, template, tokenizer)
     scorer = probe_scorer(config, data_args.template)
-    if scorer is not None:
-        check_scorer(scorer, model_args)
+    checked = scorer is None or optional("Probe rewards", PROBE_FIX, lambda: check_scorer(scorer, model_args) or True)
+    scorer = scorer if checked else None
     settings = ProbeSettings(every=config.probe_steps, max_new_tokens=config.probe_max_new_tokens, scorer=scorer)
     stop_ids = template.get_stop_token_ids(tokenizer)
     return GenerationProbe(trainer, prompts, tokenizer, stop_ids, settings, model_args, data_args.template)
@@ -62,9 +87,16 @@ def attach_watchers(
     template: Any,
     tokenizer: Any,
 ) -> CollapseMonitor:
-    """Add the monitor, and the probe when ``simpo_probe_steps`` > 0; returns the monitor."""
+    """Add the monitor, and the probe when ``simpo_probe_steps`` > 0; returns the monitor.
+
+    Both are optional features: a failure turns the one that failed off with one warning line (its build, or any
+    of its events later), and training goes on.
+    """
     monitor = CollapseMonitor(trainer.args.output_dir, config.stop_on_collapse)
-    trainer.add_callback(monitor)
+    trainer.add_callback(GuardedCallback(monitor, "The collapse monitor", "Report the cause it names."))
     if config.probe_steps > 0:
-        trainer.add_callback(build_probe(trainer, config, model_args, data_args, template, tokenizer))
+        build = lambda: build_probe(trainer, config, model_args, data_args, template, tokenizer)  # noqa: E731
+        probe = optional("Generation probes", PROBE_FIX, build)
+        if probe is not None:
+            trainer.add_callback(GuardedCallback(probe, "Generation probes", PROBE_FIX))
     return monitor

@@ -5,6 +5,7 @@ DeepSpeed/FSDP wiring, checkpointing) is inherited from LLaMA-Factory's ``Custom
 without a reference model, exactly as the host runs its own reference-free losses.
 """
 
+import os
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -13,6 +14,7 @@ from llamafactory.train.dpo.trainer import CustomDPOTrainer
 from transformers import Trainer
 from typing_extensions import override
 
+from .checkpoints import checkpoint_dir, unmark, write_manifest
 from .grad_buffers import GradientBuffers
 from .guards import NonFiniteGuard
 from .lean import SequenceLogps
@@ -53,13 +55,32 @@ class SimPOTrainer(CustomDPOTrainer):
         self._stored_metrics = defaultdict(lambda: defaultdict(list))
 
     @override
+    def _save_checkpoint(self, model: "PreTrainedModel", trial: Any) -> None:
+        """The host's checkpoint, marked complete once every rank has written its part (simpo_plugin.checkpoints)."""
+        folder = checkpoint_dir(self.args.output_dir, self.state.global_step)
+        if self.is_local_process_zero():
+            unmark(folder)
+        self.accelerator.wait_for_everyone()
+        super()._save_checkpoint(model, trial)
+        self.accelerator.wait_for_everyone()
+        if self.is_local_process_zero() and os.path.isdir(folder):
+            write_manifest(folder)
+        self.accelerator.wait_for_everyone()  # no rank stops or resumes before the mark is there
+
+    @override
     def get_batch_loss_metrics(
         self,
         model: "PreTrainedModel",
         batch: dict[str, torch.Tensor],
         train_eval: Literal["train", "eval"] = "train",
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Loss and detached metrics of one batch laid out as [chosen rows; rejected rows]."""
+    ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """Loss and detached per-pair metrics of one batch laid out as [chosen rows; rejected rows].
+
+        Returns:
+            The loss and, per metric name (without a prefix), ``(values, weights)``: (B,) tensors whose weighted mean
+            over any set of pairs is the metric over those pairs (weight 1 per pair; response tokens for the
+            token-level ``sft_loss``), so that windows and ranks pool by pair, whatever the batch sizes.
+        """
         logps, lengths = self.sequence_logps(model, self.accelerator.unwrap_model(model), batch)
         if bool((lengths == 0).any()):
             raise ValueError(
@@ -71,26 +92,29 @@ class SimPOTrainer(CustomDPOTrainer):
         chosen_lengths, rejected_lengths = lengths.chunk(2)
         out = self.simpo_loss(chosen_logps, rejected_logps, chosen_lengths, rejected_lengths)
 
-        prefix = "eval_" if train_eval == "eval" else ""
+        per_pair = torch.ones_like(out.losses)
         metrics = {
-            "rewards/chosen": out.chosen_rewards.mean(),
-            "rewards/rejected": out.rejected_rewards.mean(),
-            "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float().mean(),
-            "rewards/margins": (out.chosen_rewards - out.rejected_rewards).mean(),
-            "logps/chosen": (chosen_logps / chosen_lengths).detach().mean(),
-            "logps/rejected": (rejected_logps / rejected_lengths).detach().mean(),
-            "lengths/chosen": chosen_lengths.mean(),
-            "lengths/rejected": rejected_lengths.mean(),
+            "rewards/chosen": out.chosen_rewards,
+            "rewards/rejected": out.rejected_rewards,
+            "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float(),
+            "rewards/margins": out.chosen_rewards - out.rejected_rewards,
+            "logps/chosen": (chosen_logps / chosen_lengths).detach(),
+            "logps/rejected": (rejected_logps / rejected_lengths).detach(),
+            "lengths/chosen": chosen_lengths,
+            "lengths/rejected": rejected_lengths,
         }
-        if self.simpo_loss.config.sft_weight > 0:
-            metrics["sft_loss"] = out.sft_loss
-        return out.loss, {f"{prefix}{key}": value for key, value in metrics.items()}
+        weighted = {key: (value.detach().float(), per_pair) for key, value in metrics.items()}
+        weighted["loss"] = (out.losses.detach().float(), per_pair)  # the preference term; evaluation reports it
+        if self.simpo_loss.config.sft_weight > 0:  # NLL per chosen token, pooled over tokens
+            weighted["sft_loss"] = ((-chosen_logps / chosen_lengths).detach().float(), chosen_lengths.float())
+        return out.loss, weighted
 
     @override
     def compute_loss(
         self, model: "PreTrainedModel", inputs: dict[str, torch.Tensor], return_outputs: bool = False, **kwargs: Any
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss, metrics = self.get_batch_loss_metrics(model, inputs, train_eval="train")
+        metrics.pop("loss")  # training logs the host's running loss, the objective as optimized
         self.store_metrics(metrics, train_eval="train")
         return (loss, metrics) if return_outputs else loss
 
@@ -102,28 +126,56 @@ class SimPOTrainer(CustomDPOTrainer):
         prediction_loss_only: bool,
         ignore_keys: list[str] | None = None,
     ) -> tuple[torch.Tensor, None, None]:
-        """Evaluation computes the same loss and metrics as training; SimPO has no logits to return."""
+        """Evaluation computes the same loss and metrics as training; SimPO has no logits to return.
+
+        The per-pair metrics are gathered from every rank here, without the pairs the sampler repeats to even out
+        the last batch (``gather_for_metrics``), exactly as the host's evaluation loop gathers the losses.
+        """
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
             loss, metrics = self.get_batch_loss_metrics(model, inputs, train_eval="eval")
-        self.store_metrics(metrics, train_eval="eval")
+        names = list(metrics)
+        stacked = torch.stack([torch.stack(metrics[name]) for name in names], dim=-1)  # (2, B, metrics)
+        stacked = self.accelerator.gather_for_metrics(stacked.transpose(0, 1)).transpose(0, 1)  # (2, B_all, metrics)
+        self.store_metrics({name: (stacked[0, :, i], stacked[1, :, i]) for i, name in enumerate(names)}, "eval")
         return loss.detach(), None, None
 
     @override
-    def store_metrics(self, metrics: dict[str, torch.Tensor], train_eval: Literal["train", "eval"] = "train") -> None:
-        # Tensors are kept on device and averaged at logging time: no host sync per step.
-        for key, value in metrics.items():
-            self._stored_metrics[train_eval][key].append(value.detach().float())
+    def store_metrics(
+        self, metrics: dict[str, tuple[torch.Tensor, torch.Tensor]], train_eval: Literal["train", "eval"] = "train"
+    ) -> None:
+        """Keep each metric's weighted sum and weight on device: no host sync per step."""
+        for key, (values, weights) in metrics.items():
+            self._stored_metrics[train_eval][key].append(torch.stack([(values * weights).sum(), weights.sum()]))
+
+    @override
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None,
+                 metric_key_prefix: str = "eval") -> dict[str, float]:  # fmt: skip
+        """As the host's; remembers the prefix (``eval_<dataset>`` with ``eval_on_each_dataset``) for :meth:`log`."""
+        self._metric_key_prefix = metric_key_prefix
+        return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
 
     @override
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        """Add the stored metrics, averaged over steps and then over ranks, to ``logs``."""
+        """Add the stored metrics to ``logs``: per-pair means over the logging (or evaluation) window and ranks.
+
+        Training windows are summed over ranks here; evaluation metrics were gathered per batch already. Eval
+        metrics carry the evaluation's prefix, so each eval dataset keeps its own numbers, and the eval loss is
+        replaced by its mean over the evaluated pairs: the host's averages batch means, which counts the pairs a
+        distributed sampler repeats to even out the last batch.
+        """
         train_eval = "train" if "loss" in logs else "eval"
         probing = any(key.startswith("probe/") for key in logs)  # a generation probe logs its own numbers
         stored = {} if probing else self._stored_metrics.pop(train_eval, {})
         if stored:
             keys = list(stored)
-            means = torch.stack([torch.stack(stored[key]).mean() for key in keys]).to(self.accelerator.device)
-            means = self.accelerator.reduce(means, reduction="mean")
-            logs.update(zip(keys, means.tolist(), strict=True))
+            totals = torch.stack([torch.stack(stored[key]).sum(0) for key in keys]).to(self.accelerator.device)
+            if train_eval == "train":
+                totals = self.accelerator.reduce(totals, reduction="sum")
+            means = (totals[:, 0] / totals[:, 1].clamp_min(torch.finfo(totals.dtype).tiny)).tolist()
+            pooled = dict(zip(keys, means, strict=True))
+            if "loss" in pooled:  # evaluation: the loss over the pairs themselves, not over padded batches
+                pooled["loss"] += self.simpo_loss.config.sft_weight * pooled.get("sft_loss", 0.0)
+            prefix = "" if train_eval == "train" else f"{getattr(self, '_metric_key_prefix', 'eval')}_"
+            logs.update({f"{prefix}{key}": mean for key, mean in pooled.items()})
         return Trainer.log(self, logs, *args, **kwargs)

@@ -1,7 +1,6 @@
 """run_simpo: the SimPO stage, wired from the host's own building blocks in the order of its ``run_dpo``."""
 
 import gc
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,10 +13,18 @@ from llamafactory.extras.misc import calculate_tps
 from llamafactory.extras.ploting import plot_loss
 from llamafactory.model import load_model, load_tokenizer
 from llamafactory.train.trainer_utils import create_modelcard_and_push
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .data_checks import check_preference_datasets, check_raw_datasets, drop_empty_pairs, without_blank_responses
+from .checkpoints import checkpoint_dir
+from .data_checks import (
+    check_preference_datasets,
+    check_raw_datasets,
+    drop_empty_pairs,
+    has_rows,
+    without_blank_responses,
+)
 from .hparams import SimPOArgumentError, SimPOCollapseStop
+from .launcher import record_exit_code
+from .optional import optional
 from .plots import plot_simpo_curves
 from .preemption import SimPOPreempted
 from .probing import attach_watchers
@@ -91,7 +98,7 @@ def _train_and_evaluate(
                 template, model_args, data_args, training_args, stage="rm", **tokenizer_module
             )
     drop_empty_pairs(dataset_module, data_args.cutoff_len)
-    if training_args.do_train and not len(dataset_module.get("train_dataset") or []):
+    if training_args.do_train and not has_rows(dataset_module.get("train_dataset")):
         raise SimPOArgumentError(
             f"No training pairs left in {data_args.dataset} after preprocessing; check that the dataset is not empty "
             f"and that `cutoff_len` ({data_args.cutoff_len}) leaves room for the responses."
@@ -134,9 +141,7 @@ def _train_and_evaluate(
         trainer.save_metrics("train", train_result.metrics)
         trainer.save_state()
         if trainer.is_world_process_zero() and finetuning_args.plot_loss:
-            plot_loss(training_args.output_dir, keys=["loss"])  # the host's own figure, kept for familiarity
-            for path in plot_simpo_curves(training_args.output_dir):
-                logger.info_rank0(f"Figure saved at: {path}")
+            optional("Plots", "Set `plot_loss: false` to silence this.", lambda: _plot(training_args.output_dir))
 
     if training_args.do_eval:
         metrics = trainer.evaluate(metric_key_prefix="eval")
@@ -156,9 +161,10 @@ def _train_and_evaluate(
     return None
 
 
-def checkpoint_dir(output_dir: str, step: int) -> str:
-    """Where the host's trainer saves the checkpoint of ``step``; the stop messages name it for resuming."""
-    return os.path.join(output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
+def _plot(output_dir: str) -> None:
+    plot_loss(output_dir, keys=["loss"])  # the host's own figure, kept for familiarity
+    for path in plot_simpo_curves(output_dir):
+        logger.info_rank0(f"Figure saved at: {path}")
 
 
 def _stop_after_preemption(trainer: "SimPOTrainer", output_dir: str) -> SimPOPreempted:
@@ -166,6 +172,7 @@ def _stop_after_preemption(trainer: "SimPOTrainer", output_dir: str) -> SimPOPre
     step, signum = trainer.preemption.stopped
     trainer.accelerator.wait_for_everyone()
     preempted = SimPOPreempted(step, signum, checkpoint_dir(output_dir, step))
+    record_exit_code(preempted.code)
     if trainer.is_world_process_zero():
         sys.stderr.write(preempted.line + "\n")
         sys.stderr.flush()

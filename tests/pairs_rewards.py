@@ -25,3 +25,14 @@ def nan_when_short(messages: list[dict[str, str]], response: str) -> float:
 def echo_prompt_length(messages: list[dict[str, str]], response: str) -> float:
     """Sees the whole conversation, system first: a check that reward functions get the prompt as a chat."""
     return float(sum(len(m["content"]) for m in messages if m["role"] != "assistant") + len(response) % 7)
+
+
+CALLS = {"count": 0}
+
+
+def fails_after_the_first_probe(messages: list[dict[str, str]], response: str) -> float:
+    """Scores the first probe's answers, then raises: an optional feature failing in the middle of a run."""
+    CALLS["count"] += 1
+    if CALLS["count"] > 4:
+        raise RuntimeError("the reward server went away")
+    return float(len(response))

@@ -186,6 +186,26 @@ def test_unsplittable_model_falls_back(caplog: pytest.LogCaptureFixture) -> None
     torch.testing.assert_close(sums, SequenceLogps(REFERENCE)(model, model, batch)[0], atol=1e-5, rtol=0)
 
 
+def test_fsdp_wrapped_model_uses_the_plain_path_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    class FullyShardedDataParallel(torch.nn.Module):  # stands in for torch's wrapper, which needs a GPU here
+        def __init__(self, module: torch.nn.Module) -> None:
+            super().__init__()
+            self.module = module
+
+        def forward(self, **kwargs):  # noqa: ANN003
+            return self.module(**kwargs)
+
+    model = tiny_model("llama")
+    batch = collated_batch(num_pairs=2, seed=18)
+    computer = SequenceLogps(config())
+    with caplog.at_level(logging.WARNING, logger="llamafactory.simpo"):
+        for _ in range(2):
+            sums = computer(FullyShardedDataParallel(model), model, batch)[0]
+    assert computer.lean is False
+    assert len([r for r in caplog.records if "FSDP shards the LM head" in r.getMessage()]) == 1
+    torch.testing.assert_close(sums, SequenceLogps(REFERENCE)(model, model, batch)[0], atol=1e-5, rtol=0)
+
+
 def test_one_time_check_scores_a_sample_without_full_logits(monkeypatch: pytest.MonkeyPatch) -> None:
     """The check's reference forward hands the head K sampled states: no (rows, L, V) logits, even on step 1."""
     monkeypatch.setattr(forward, "LEAN_CHECK_TOKENS", 5)

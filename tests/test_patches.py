@@ -103,3 +103,29 @@ def test_get_train_args_wrapper_relabels_only_registered_stages() -> None:
 
     finetuning_args = wrapped({"stage": "sft", "toy_knob": 3})[3]
     assert seen[-1] == {"stage": "sft", "toy_knob": 3} and finetuning_args.stage == "sft"
+
+
+def test_launcher_patch_is_idempotent_reversible_and_leaves_other_stages_to_the_host(monkeypatch, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    import llamafactory.launcher as launcher
+
+    from simpo_plugin.launcher import LauncherSubprocess
+
+    assert isinstance(launcher.subprocess, LauncherSubprocess) and launcher.subprocess.PIPE == subprocess.PIPE
+    assert patches.patch_launcher(launcher) is False
+    try:
+        assert patches.unpatch_launcher(launcher) is True and launcher.subprocess is subprocess
+    finally:
+        assert patches.patch_launcher(launcher) is True
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: calls.append(args) or "host's run")
+    for stage, host in (("dpo", True), ("simpo", False)):
+        (tmp_path / "c.yaml").write_text(f"stage: {stage}\n")
+        monkeypatch.setattr(sys, "argv", ["llamafactory-cli", str(tmp_path / "c.yaml")])
+        code = "import sys; sys.exit(7)"
+        result = launcher.subprocess.run([sys.executable, "-c", code], env=None, check=True)
+        assert (result == "host's run") is host
+        if not host:  # the plugin's runner: no CalledProcessError, the child's own code
+            assert result.returncode == 7

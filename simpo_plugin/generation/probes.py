@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
+from ..optional import FeatureUnavailable, agreed_ok, describe
 from .metrics import Generated, repeat_rate, summarize, text_units
 from .sampling import HFSampler
 
@@ -28,6 +29,10 @@ if TYPE_CHECKING:
 
 GENERATIONS_FILE = "generations.jsonl"
 PREFIX = "probe/"
+
+
+class ProbeFailed(FeatureUnavailable):
+    """A probe failed on some rank; raised on all ranks together."""
 
 
 @dataclass(frozen=True)
@@ -99,11 +104,36 @@ class GenerationProbe(TrainerCallback):
         return self.scorer.score(list(zip(prompts, texts, strict=True)))
 
     def probe(self, step: int) -> dict[str, float]:
-        """Generate, gather, log; returns the logged metrics."""
+        """Generate, gather, log; returns the logged metrics.
+
+        Raises:
+            ProbeFailed: on every rank together when any rank's generation, scoring or writing failed (the ranks
+                agree first, so none is left waiting in a collective), naming the first cause seen here.
+        """
         from accelerate.utils import gather_object
 
-        model = self.trainer.model
         indices, own = self._my_share()
+        local = self._agreed(lambda: self._answer(indices, own))
+        gathered = sorted(gather_object(local))
+        answers = [Generated(text, tokens, ended) for _, text, tokens, ended, _ in gathered]
+        all_scores = None if self.settings.scorer is None else [record[4] for record in gathered]
+        if all_scores is not None and self.reference is None:
+            self.reference = all_scores
+        metrics = summarize(answers, all_scores, self.reference if all_scores is not None else None)
+        if self.trainer.is_world_process_zero():
+            self._agreed(lambda: self._write(step, gathered))
+        else:
+            self._agreed(lambda: None)
+        logs = {f"{PREFIX}{key}": value for key, value in metrics.items()}
+        should_log = self.trainer.control.should_log
+        self.trainer.log(logs)
+        self.trainer.control.should_log = should_log  # logging clears the flag; the step's own log is still due
+        self.last_step = step
+        return logs
+
+    def _answer(self, indices: list[int], own: int) -> list[tuple]:
+        """This rank's greedy answers (and scores) as (index, text, tokens, ended, score) records."""
+        model = self.trainer.model
         decoding = SimpleNamespace(num_samples=1, temperature=0.0, top_p=1.0, seed=0,
                                    max_new_tokens=self.settings.max_new_tokens)  # fmt: skip
         was_training = model.training
@@ -116,24 +146,20 @@ class GenerationProbe(TrainerCallback):
             model.train(was_training)
         texts = [row[0].text for row in samples]
         scores = self._score([self.prompts[i] for i in indices], texts)
-        local = [
+        return [
             (i, row[0].text, row[0].tokens, not row[0].truncated, None if scores is None else scores[k])
             for k, (i, row) in enumerate(zip(indices, samples, strict=True))
         ][:own]
-        gathered = sorted(gather_object(local))
-        answers = [Generated(text, tokens, ended) for _, text, tokens, ended, _ in gathered]
-        all_scores = None if scores is None else [record[4] for record in gathered]
-        if all_scores is not None and self.reference is None:
-            self.reference = all_scores
-        metrics = summarize(answers, all_scores, self.reference if all_scores is not None else None)
-        if self.trainer.is_world_process_zero():
-            self._write(step, gathered)
-        logs = {f"{PREFIX}{key}": value for key, value in metrics.items()}
-        should_log = self.trainer.control.should_log
-        self.trainer.log(logs)
-        self.trainer.control.should_log = should_log  # logging clears the flag; the step's own log is still due
-        self.last_step = step
-        return logs
+
+    def _agreed(self, work: Any) -> Any:
+        """Run ``work`` here; raise :class:`ProbeFailed` on every rank if it failed on any."""
+        try:
+            result, error = work(), None
+        except Exception as exc:  # noqa: BLE001 - turned into one agreed failure below
+            result, error = None, exc
+        if not agreed_ok(error is None, self.trainer.args.device):
+            raise ProbeFailed(describe(error) if error is not None else "it failed on another rank") from error
+        return result
 
     def _write(self, step: int, gathered: list[tuple]) -> None:
         with self.path.open("a", encoding="utf-8") as handle:

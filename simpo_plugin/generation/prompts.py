@@ -9,6 +9,7 @@ system prompt).
 """
 
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -50,6 +51,7 @@ class PromptSet:
     unusable: list[str] = field(default_factory=list)
     duplicates: int = 0
     too_long: int = 0
+    shortest_too_long: int | None = None  # tokens of the shortest prompt over cutoff_len
 
 
 def prompt_key(messages: list[dict[str, str]], system: str, tools: str) -> str:
@@ -91,12 +93,20 @@ def load_prompts(
     data_args: "DataArguments",
     template: "Template",
     tokenizer: "PreTrainedTokenizer",
+    max_rows: int | None = None,
 ) -> PromptSet:
-    """Read every configured dataset, keep usable unique prompts that fit ``cutoff_len``; raise if none is left."""
+    """Read every configured dataset, keep usable unique prompts that fit ``cutoff_len``; raise if none is left.
+
+    Args:
+        max_rows: read at most this many rows of each dataset (streaming datasets included); None reads them all.
+
+    Raises:
+        PairsConfigError: naming the dataset and the rows, when a dataset has no usable prompt or none fits.
+    """
     from llamafactory.data.loader import _load_single_dataset
     from llamafactory.data.parser import get_dataset_list
 
-    loader_args = SimpleNamespace(local_process_index=0, dataloader_num_workers=0, seed=0)
+    loader_args = SimpleNamespace(local_process_index=0, dataloader_num_workers=1, seed=0)  # 1 stream shard
     result, seen = PromptSet(), set()
     try:
         attrs = get_dataset_list(data_args.dataset, data_args.dataset_dir)
@@ -110,7 +120,7 @@ def load_prompts(
                 f"Dataset `{name}` could not be read: {exc!r}; check its dataset_info.json entry."
             ) from exc
         usable = 0
-        for index, row in enumerate(rows):
+        for index, row in enumerate(itertools.islice(rows, max_rows)):
             result.rows += 1
             problem = row_problem(row)
             if problem is not None:
@@ -127,6 +137,7 @@ def load_prompts(
             ids = render_prompt(template, tokenizer, messages, system, tools)
             if len(ids) > data_args.cutoff_len:
                 result.too_long += 1
+                result.shortest_too_long = min(result.shortest_too_long or len(ids), len(ids))
                 continue
             result.prompts.append(Prompt(key, messages, system, tools, ids, f"{name}#{index}"))
         if not usable:
@@ -138,6 +149,7 @@ def load_prompts(
     if not result.prompts:
         raise PairsConfigError(
             f"No prompt fits `cutoff_len` ({data_args.cutoff_len} tokens, the prompt budget): "
-            f"{result.too_long} too long, {result.duplicates} duplicates; raise `cutoff_len`."
+            f"{result.too_long} too long (shortest {result.shortest_too_long} tokens), {result.duplicates} "
+            "duplicates; raise `cutoff_len`."
         )
     return result

@@ -4,20 +4,23 @@ Lean path, for a model that splits into body + LM head::
 
     model(**layout)                      the wrapped model's own forward (DDP/DeepSpeed hooks, LoRA, checkpointing)
       body -> hidden (R, L, H)
-      head pre-hook: keep hidden, hand the head an empty (R, 0, H) slice, so no (R, L, V) logits exist
-    hidden.view(R*L, H)[predictors]      (N, H): only the states that predict a response token
-    chunked label log-probs              (N,) fp32, largest temporary (chunk, V)
+      head pre-hook: hidden.view(R*L, H)[predictors] -> (N, H), only the states that predict a response token
+                     -> chunked label log-probs (N,) fp32, largest temporary (chunk, V)
+                     then hand the head an empty (R, 0, H) slice, so no (R, L, V) logits exist
     index_add by sequence id             (2B,) sums; lengths = tokens per sequence
 
 The chunked head is :func:`simpo_plugin.lean.kernel.chunked_label_logps` on the head's weight when the head is a
-plain ``nn.Linear`` whose weight is materialized; otherwise (LoRA on the head, ZeRO-3-partitioned weight) each
-chunk calls the head module itself under activation checkpointing, so the framework's own hooks still run.
+plain ``nn.Linear``, run inside the head's own forward call, where the weight is whole even when DeepSpeed ZeRO-3
+partitions it (the kernel's backward gathers it again; see :mod:`simpo_plugin.lean.holding`). Any other head (LoRA
+on the head, a quantized layer) is called as a module on the kept states, chunk by chunk under activation
+checkpointing, so the framework's own hooks still run.
 """
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .holding import partitioned, zero3_gather
 from .kernel import chunked_label_logps
 from .layout import PairLayout, additive_mask
 
@@ -48,14 +51,33 @@ def _label_logps_from_logits(logits: Tensor, targets: Tensor, softcap: float | N
     return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
 
 
-def _head_logps(head: nn.Module, hidden: Tensor, targets: Tensor, softcap: float | None, chunk_size: int) -> Tensor:
-    weight = getattr(head, "weight", None)
-    if type(head) is nn.Linear and weight is not None and weight.numel() > 0 and not hasattr(weight, "ds_id"):
-        return chunked_label_logps(hidden, weight, targets, bias=head.bias, softcap=softcap, chunk_size=chunk_size)
+def _is_kernel_head(head: nn.Module) -> bool:
+    """A plain ``nn.Linear`` (possibly ZeRO-3-partitioned, possibly frozen): the chunked kernel computes it."""
+    return type(head) is nn.Linear
+
+
+def _kernel_logps(head: nn.Linear, hidden: Tensor, targets: Tensor, softcap: float | None, chunk_size: int) -> Tensor:
+    """The chunked kernel on the head's weight; called while the weight is whole (inside the head's forward)."""
+    params = partitioned(head)
+    gather = zero3_gather(params) if params else None
+    return chunked_label_logps(
+        hidden, head.weight, targets, bias=head.bias, softcap=softcap, chunk_size=chunk_size, gather=gather
+    )
+
+
+def _module_logps(head: nn.Module, hidden: Tensor, targets: Tensor, softcap: float | None, chunk_size: int) -> Tensor:
+    """A head that is not a plain Linear (LoRA on the head, a quantized layer): the module itself, per chunk.
+
+    Each chunk runs under activation checkpointing, so only (chunk, V) logits exist at a time. Partitioned (ZeRO-3)
+    parameters cannot be recomputed that way (they are released between forward and backward), so such a head is
+    called once on all N states and autograd keeps its (N, V) logits: still only the response positions.
+    """
 
     def chunk_logps(h: Tensor, y: Tensor) -> Tensor:
         return _label_logps_from_logits(head(h), y, softcap)
 
+    if partitioned(head):
+        return chunk_logps(hidden, targets)
     pieces = [
         checkpoint(chunk_logps, hidden[i : i + chunk_size], targets[i : i + chunk_size], use_reentrant=False)
         for i in range(0, hidden.shape[0], chunk_size)
@@ -71,23 +93,37 @@ def lean_token_logps(
     softcap: float | None,
     chunk_size: int,
 ) -> Tensor:
-    """(N,) fp32 log-probs of the response tokens, computing the head only where a response token is predicted."""
-    captured: list[Tensor] = []
+    """(N,) fp32 log-probs of the response tokens, computing the head only where a response token is predicted.
 
-    def skip_head(module: nn.Module, args: tuple) -> tuple:
-        captured.append(args[0])
+    A plain Linear head is computed inside its own forward call, where every framework holds its weight whole; any
+    other head is called on the kept states after the forward. Either way the states are taken as the forward hands
+    them to the head, before any framework's pre-hook wraps them: DeepSpeed ZeRO-3 ties its per-module backward
+    bookkeeping to the wrapped input, and the head's own (empty) output never sees a backward.
+    """
+    received: list[Tensor] = []
+    computed: list[Tensor] = []
+    in_forward = _is_kernel_head(head)
+
+    def receive(module: nn.Module, args: tuple) -> None:
+        received.append(args[0])
+
+    def compute(module: nn.Module, args: tuple) -> tuple:
+        hidden = received[-1]
+        states = hidden.reshape(-1, hidden.shape[-1])[layout.predictors]
+        computed.append(_kernel_logps(module, states, layout.targets, softcap, chunk_size) if in_forward else states)
         return (args[0][..., :0, :], *args[1:])
 
-    handle = head.register_forward_pre_hook(skip_head)
+    handles = [head.register_forward_pre_hook(receive, prepend=True), head.register_forward_pre_hook(compute)]
     try:
         model(**inputs, use_cache=False)
     finally:
-        handle.remove()
-    if len(captured) != 1:
-        raise HeadNotCalledError(f"the output embedding was called {len(captured)} times in one forward")
-    hidden = captured[0]
-    hidden = hidden.reshape(-1, hidden.shape[-1])[layout.predictors]
-    return _head_logps(head, hidden, layout.targets, softcap, chunk_size)
+        for handle in handles:
+            handle.remove()
+    if len(computed) != 1:
+        raise HeadNotCalledError(f"the output embedding was called {len(computed)} times in one forward")
+    if in_forward:
+        return computed[0]
+    return _module_logps(head, computed[0], layout.targets, softcap, chunk_size)
 
 
 def plain_token_logps(model: nn.Module, inputs: dict[str, Tensor], layout: PairLayout) -> Tensor:

@@ -26,6 +26,9 @@ them would bring back the (N, V) buffer this module exists to avoid, and the rec
 (C, H) x (H, V) matmul per chunk, about a third more FLOPs than the naive forward + backward.
 """
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -125,22 +128,31 @@ class _ChunkedLabelLogps(torch.autograd.Function):
     """Autograd glue only: the math lives in ``_forward`` / ``_backward``."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, labels, bias, softcap, chunk_size):
+    def forward(ctx, hidden, weight, labels, bias, softcap, chunk_size, gather):
         # Autocast off in both passes: backward must recompute exactly the logits whose lse forward saved.
         with torch.autocast(hidden.device.type, enabled=False):
             logps, lse = _forward(hidden, weight, labels, bias, softcap, chunk_size)
-        ctx.save_for_backward(hidden, weight, labels, bias, lse)
-        ctx.softcap, ctx.chunk_size = softcap, chunk_size
+        if gather is None:
+            ctx.save_for_backward(hidden, weight, labels, bias, lse)
+        else:  # partitioned parameters: their storage is released after forward and gathered again in backward
+            ctx.save_for_backward(hidden, labels, lse)
+            ctx.weight, ctx.bias = weight, bias
+        ctx.softcap, ctx.chunk_size, ctx.gather = softcap, chunk_size, gather
         return logps
 
     @staticmethod
     def backward(ctx, grad_out):
-        hidden, weight, labels, bias, lse = ctx.saved_tensors
+        if ctx.gather is None:
+            hidden, weight, labels, bias, lse = ctx.saved_tensors
+            gathered = nullcontext()
+        else:
+            (hidden, labels, lse), weight, bias = ctx.saved_tensors, ctx.weight, ctx.bias
+            gathered = ctx.gather()
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[3])
-        with torch.autocast(hidden.device.type, enabled=False):
+        with gathered, torch.autocast(hidden.device.type, enabled=False):
             grads = _backward(grad_out, hidden, weight, labels, bias, lse, ctx.softcap, ctx.chunk_size, needs)
         grad_hidden, grad_weight, grad_bias = grads
-        return grad_hidden, grad_weight, None, grad_bias, None, None
+        return grad_hidden, grad_weight, None, grad_bias, None, None, None
 
 
 def chunked_label_logps(
@@ -151,6 +163,7 @@ def chunked_label_logps(
     bias: Tensor | None = None,
     softcap: float | None = None,
     chunk_size: int = 256,
+    gather: Callable[[], AbstractContextManager] | None = None,
 ) -> Tensor:
     """``log p(labels_i | hidden_i)`` under the LM head, with (C, V) instead of (N, V) temporary memory.
 
@@ -166,6 +179,10 @@ def chunked_label_logps(
         bias: optional (V,) LM-head bias.
         softcap: Gemma-2 final-logit soft-capping ``softcap * tanh(logits / softcap)``, applied in fp32.
         chunk_size: tokens per chunk C; the peak temporary is a few (C, V) fp32 buffers.
+        gather: for a weight whose storage a framework releases between forward and backward (DeepSpeed ZeRO-3
+            partitions it), a function returning a context manager under which ``weight`` and ``bias`` are whole
+            again. Backward then runs inside it; the caller passes them whole to this call. Without it, backward
+            uses the tensors saved by forward.
 
     Returns:
         (N,) fp32 log-probabilities, differentiable w.r.t. hidden, weight and bias.
@@ -183,7 +200,7 @@ def chunked_label_logps(
         raise ValueError(f"hidden ({hidden.dtype}) and weight ({weight.dtype}) must share a dtype, as in nn.Linear.")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}.")
-    return _ChunkedLabelLogps.apply(hidden, weight, labels, bias, softcap, chunk_size)
+    return _ChunkedLabelLogps.apply(hidden, weight, labels, bias, softcap, chunk_size, gather)
 
 
 def naive_label_logps(

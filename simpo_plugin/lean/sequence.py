@@ -15,6 +15,7 @@ from .head import (
     sampled_plain_token_logps,
     sequence_sums,
 )
+from .holding import sharded_by_fsdp
 from .layout import PairLayout, packed_layout, padded_layout
 
 
@@ -102,6 +103,10 @@ class SequenceLogps:
 
     def _lean(self, model: nn.Module, unwrapped: nn.Module, inputs: dict, layout: PairLayout) -> Tensor | None:
         head = unwrapped.get_output_embeddings()
+        if head is not None and sharded_by_fsdp(model, head):
+            self.lean = False
+            self._warn_once("FSDP shards the LM head, which the lean head cannot gather in backward; plain log-probs")
+            return None
         softcap = getattr(unwrapped.config, "final_logit_softcapping", None)
         try:
             token_logps = lean_token_logps(model, head, inputs, layout, softcap, self.config.logps_chunk_size)

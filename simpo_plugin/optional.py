@@ -1,0 +1,81 @@
+"""Optional features never end or lose a training run.
+
+Generation probes (prompts, generation, scoring, ``generations.jsonl``), the collapse monitor and the SimPO plots
+watch a run; none of them is the run. When one fails, one warning line names the feature, the cause and what to
+change, the feature turns itself off, and training goes on (docs/reliability.md).
+"""
+
+from collections.abc import Callable
+from functools import partialmethod
+from typing import Any, TypeVar
+
+import torch
+from llamafactory.extras import logging
+from transformers import TrainerCallback
+
+
+logger = logging.get_logger("llamafactory.simpo")
+T = TypeVar("T")
+EVENTS = tuple(name for name in vars(TrainerCallback) if name.startswith("on_"))
+
+
+class FeatureUnavailable(RuntimeError):
+    """An optional feature cannot work in this run; the message says why and what to change."""
+
+
+def describe(exc: BaseException) -> str:
+    """The cause as one line without a final period: the plugin's own messages as they are, others with their type."""
+    text = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else ""
+    if type(exc).__module__.startswith("simpo_plugin") and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def turned_off(feature: str, exc: BaseException, fix: str) -> None:
+    """The one warning line of a feature that turns itself off."""
+    logger.warning_rank0(f"simpo-plugin: {feature} turned off, training goes on: {describe(exc)}. {fix}")
+
+
+def optional(feature: str, fix: str, build: Callable[[], T]) -> T | None:
+    """``build()``, or None with one warning line when it raises."""
+    try:
+        return build()
+    except Exception as exc:  # noqa: BLE001 - an optional feature must not end the run
+        turned_off(feature, exc, fix)
+        return None
+
+
+def agreed_ok(ok: bool, device: torch.device) -> bool:
+    """Whether every rank's part of a step went well, so that all ranks turn a feature off together."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return ok
+    flag = torch.tensor([int(ok)], dtype=torch.int64, device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+class GuardedCallback(TrainerCallback):
+    """Runs an optional callback's events; its first exception turns it off with one warning line.
+
+    Attributes:
+        inner: the wrapped callback (read its state through this).
+        off: whether it has turned itself off.
+    """
+
+    def __init__(self, inner: TrainerCallback, feature: str, fix: str) -> None:
+        self.inner, self.feature, self.fix = inner, feature, fix
+        self.off = False
+
+    def _event(self, event: str, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self.off:
+            return None
+        try:
+            return getattr(self.inner, event)(args, state, control, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - an optional feature must not end the run
+            self.off = True
+            turned_off(self.feature, exc, self.fix)
+            return None
+
+
+for _event in EVENTS:
+    setattr(GuardedCallback, _event, partialmethod(GuardedCallback._event, _event))

@@ -1,0 +1,136 @@
+"""The configuration matrix: every way the host holds and launches a model, with the fast path and the plain path.
+
+Finetuning type {full, LoRA, freeze} x launch {one process, DDP x2, ZeRO-2 x2, ZeRO-3 x2} x {the defaults (lean
+head, block attention route, shared prompts), the plain path}, each a real `llamafactory-cli train` of 2 steps of 4
+pairs with generation probes on and an evaluation at the end; then one row each for streaming, several eval datasets
+with `eval_on_each_dataset`, prompts longer than `cutoff_len`, and ZeRO-3 with a head tied to the embedding.
+
+Every cell must train, the fast path must give the plain path's losses and eval metrics, and the eval metrics must
+not depend on the eval batch size (the two paths evaluate with different batch sizes, over 2 ranks with uneven last
+batches). All cells of a finetuning type see the same 4 pairs per step (1 x 4 or 2 x 2), so each also matches the
+single-process plain run.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import base_config, cli_env, log_history, read_metrics, run_cli
+
+from simpo_plugin.testing import build_tiny_model, preference_rows, write_preference_dataset
+
+
+DEEPSPEED = Path(__file__).resolve().parents[1] / "examples" / "deepspeed"
+FINETUNING = {
+    "full": {},
+    "lora": {"finetuning_type": "lora", "lora_target": "all", "lora_rank": 4, "learning_rate": 5e-3},
+    "freeze": {"finetuning_type": "freeze", "freeze_trainable_layers": 1, "learning_rate": 5e-3},
+}
+LAUNCHES = {"one": None, "ddp": None, "zero2": "ds_z2_config.json", "zero3": "ds_z3_config.json"}
+PATHS = {
+    "fast": {"per_device_eval_batch_size": 3},
+    "plain": {"simpo_lean_logps": False, "simpo_prefix_sharing": False, "simpo_attention_route": False,
+              "per_device_eval_batch_size": 5},
+}  # fmt: skip
+# rel: float reassociation over 2 steps of different kernels and reductions; abs: transformers 4.x logs `loss`
+# rounded to 4 decimals
+TOLERANCE = dict(rel=1e-4, abs=1.01e-4)
+EVAL_KEYS = ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "eval_logps/chosen",
+             "eval_lengths/chosen")  # fmt: skip
+EXPECTED_LINES = ("simpo-plugin: hint:",)  # the small-batch hint; anything else the plugin prints is a finding
+
+
+def run_cell(tiny_assets, output_dir: Path, ranks: int = 1, deepspeed: str | None = None, **keys) -> dict:
+    per_device = 4 // ranks
+    keys = {"max_samples": 32} | keys
+    config = base_config(tiny_assets, output_dir, max_steps=2, logging_steps=1, per_device_train_batch_size=per_device,
+                         disable_shuffling=True, simpo_probe_steps=1, simpo_probe_prompts=3,
+                         simpo_probe_max_new_tokens=6, deepspeed=str(DEEPSPEED / deepspeed) if deepspeed else None,
+                         **keys)  # fmt: skip
+    env = cli_env(FORCE_TORCHRUN="1", NPROC_PER_NODE=str(ranks)) if ranks > 1 else None
+    result = run_cli(config, output_dir, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if "simpo-plugin:" in line]
+    history = log_history(output_dir)
+    return {
+        "lines": [line for line in lines if not any(expected in line for expected in EXPECTED_LINES)],
+        "losses": [entry["loss"] for entry in history if "loss" in entry],
+        "probes": [entry["step"] for entry in history if "probe/length" in entry],
+        "eval": read_metrics(output_dir, "eval") if (output_dir / "eval_results.json").exists() else {},
+        "log": result.stderr,
+    }
+
+
+@pytest.fixture(scope="module")
+def cells(tiny_assets, tmp_path_factory) -> dict:
+    """Runs lazily: each cell once per session, whichever test asks first."""
+    root, done = tmp_path_factory.mktemp("matrix"), {}
+
+    def get(finetuning: str, launch: str, path: str) -> dict:
+        key = (finetuning, launch, path)
+        if key not in done:
+            ranks = 1 if launch == "one" else 2
+            keys = FINETUNING[finetuning] | PATHS[path]
+            done[key] = run_cell(tiny_assets, root / "-".join(key), ranks, LAUNCHES[launch], **keys)
+        return done[key]
+
+    return get
+
+
+@pytest.mark.parametrize("launch", list(LAUNCHES))
+@pytest.mark.parametrize("finetuning", list(FINETUNING))
+def test_the_fast_path_trains_like_the_plain_path(cells, finetuning: str, launch: str) -> None:
+    fast, plain = cells(finetuning, launch, "fast"), cells(finetuning, launch, "plain")
+    reference = cells(finetuning, "one", "plain")
+    for cell in (fast, plain):
+        assert cell["lines"] == [], cell["lines"]  # no fallback, no feature turned off, no warning
+        assert cell["probes"] == [0, 1, 2]
+        assert len(cell["losses"]) == 2
+        assert cell["losses"] == pytest.approx(reference["losses"], **TOLERANCE)
+        for key in EVAL_KEYS:  # eval batch 3 vs 5 (2 ranks: uneven last batches), fast vs plain, 2 ranks vs 1
+            assert cell["eval"][key] == pytest.approx(reference["eval"][key], **TOLERANCE), key
+
+
+def test_streaming_trains_like_the_same_data_read_at_once(tiny_assets, cells, tmp_path) -> None:
+    """A shuffle buffer of one reads the stream in file order, as `disable_shuffling` reads the dataset at once."""
+    streamed = run_cell(tiny_assets, tmp_path / "stream", streaming=True, dataloader_num_workers=1, buffer_size=1,
+                        max_samples=None)  # fmt: skip
+    assert streamed["lines"] == [] and streamed["probes"] == [0, 1, 2]
+    assert streamed["losses"] == pytest.approx(cells("full", "one", "fast")["losses"], **TOLERANCE)
+    assert set(EVAL_KEYS) <= set(streamed["eval"])
+
+
+def test_each_eval_dataset_keeps_its_own_metrics(tiny_assets, cells, tmp_path) -> None:
+    each = run_cell(tiny_assets, tmp_path / "each", eval_dataset=["simpo_synthetic_eval", "simpo_synthetic"],
+                    eval_on_each_dataset=True, per_device_eval_batch_size=7)  # fmt: skip
+    assert each["lines"] == []
+    alone = cells("full", "one", "fast")["eval"]
+    for key in EVAL_KEYS:
+        name = key.removeprefix("eval_")
+        assert each["eval"][f"eval_simpo_synthetic_eval_{name}"] == pytest.approx(alone[key], **TOLERANCE), key
+        assert f"eval_simpo_synthetic_{name}" in each["eval"] and key not in each["eval"]
+    assert each["eval"]["eval_simpo_synthetic_loss"] != pytest.approx(alone["eval_loss"])  # another dataset
+
+
+def test_prompts_beyond_cutoff_len_train_and_probes_take_those_that_fit(tiny_assets, tmp_path) -> None:
+    rows = preference_rows(24, seed=5)
+    for row in rows[::2]:
+        row["instruction"] = " ".join([row["instruction"]] * 10)  # every other prompt is over the cutoff
+    data = write_preference_dataset(tmp_path / "data", "mixed_lengths", rows)
+    run = run_cell(tiny_assets, tmp_path / "out", dataset="mixed_lengths", dataset_dir=str(data), eval_dataset=None,
+                   do_eval=False, cutoff_len=64)  # fmt: skip
+    assert run["lines"] == [] and run["probes"] == [0, 1, 2] and len(run["losses"]) == 2
+    generations = [json.loads(line) for line in (tmp_path / "out" / "generations.jsonl").read_text().splitlines()]
+    assert {g["prompt"] for g in generations} <= {row["instruction"] for row in rows[1::2]}
+
+
+def test_zero3_with_a_head_tied_to_the_embedding(tiny_assets, tmp_path) -> None:
+    from transformers import AutoTokenizer
+
+    tied = tmp_path / "tied"
+    build_tiny_model(tied, AutoTokenizer.from_pretrained(tiny_assets["model"]), tie_word_embeddings=True)
+    common = dict(model_name_or_path=str(tied), do_eval=False, eval_dataset=None, deepspeed="ds_z3_config.json")
+    fast = run_cell(tiny_assets, tmp_path / "fast", ranks=2, **common)
+    plain = run_cell(tiny_assets, tmp_path / "plain", ranks=2, **common, **PATHS["plain"])
+    assert fast["lines"] == [] and plain["lines"] == []
+    assert fast["losses"] == pytest.approx(plain["losses"], **TOLERANCE)
