@@ -12,11 +12,10 @@ import subprocess
 import sys
 
 import torch
-from bench_step import SHAPES
+from bench_setup import SHAPES
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from simpo_plugin.hparams import SimPOConfig
-from simpo_plugin.lean import SequenceLogps
+from simpo_plugin.lean import LeanConfig, SequenceLogps
 
 
 def peak_gib(device: torch.device) -> float:
@@ -36,7 +35,7 @@ def one_step(checked_before: bool, vocab: int, prompt: int, response: int, pairs
     labels = ids.clone()
     labels[:, :prompt] = -100
     batch = dict(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels)
-    computer = SequenceLogps(SimPOConfig(beta=2.0, gamma=1.0))
+    computer = SequenceLogps(LeanConfig())
     computer._lean_checked = checked_before  # a later step: the one-time check is behind us
     sums, _ = computer(model, model, batch)
     sums.sum().backward()

@@ -1,7 +1,7 @@
 """What the generation probes cost: the same SimPO run with probes off and at their defaults, side by side.
 
 Both runs go through the real ``llamafactory-cli train`` on the step benchmark's model and data
-(``bench_step.build_assets``: a randomly initialised Llama of the ``tiny`` shape, synthetic pairs, cutoff 1024,
+(``bench_setup.build_assets``: a randomly initialised Llama of the ``tiny`` shape, synthetic pairs, cutoff 1024,
 4 pairs per step), or on SmolLM2-135M-Instruct (``--smollm2 DIR``), and the script prints each run's
 ``train_runtime``, the number of probes and the probes' share of the run. A random model never stops, so every
 probe answer runs to ``simpo_probe_max_new_tokens``: the worst case for the probes.
@@ -21,9 +21,9 @@ import yaml
 
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_step import DATASET, build_assets  # noqa: E402
+from bench_setup import DATASET, build_assets  # noqa: E402
 
-from simpo_plugin.hparams import DEFAULT_PROBE_STEPS  # noqa: E402
+from simpo_plugin.train.hparams import DEFAULT_PROBE_STEPS  # noqa: E402
 
 
 def run(config: dict, workdir: Path) -> dict:

@@ -4,7 +4,7 @@ Why it exists: LLaMA-Factory has no plugin API, and ``llamafactory-cli`` re-laun
 the web UI's training child, Ray workers) in fresh interpreters that only a ``.pth`` line reaches.
 
 What it does: put one tiny finder on ``sys.meta_path`` that waits for the top-level ``llamafactory`` import and
-then hands over to :func:`simpo_plugin.hooks.install_host_hooks`, which registers wrapt post-import hooks for
+then hands over to :func:`simpo_plugin.host.install_host_hooks`, which registers wrapt post-import hooks for
 the host modules it patches. Nothing is imported here beyond what ``site`` has already loaded, so a Python
 process that never imports the host pays a few hundred microseconds (see docs/reliability.md).
 
@@ -29,7 +29,7 @@ def _warn(message: str) -> None:
 def _hand_over() -> None:
     """Install the host hooks, turning any failure into one warning line."""
     try:
-        from simpo_plugin.hooks import install_host_hooks
+        from simpo_plugin.host import install_host_hooks
 
         install_host_hooks()
     except Exception as exc:  # noqa: BLE001 - a plugin failure must not become a host failure

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from . import __version__
-from .hparams import SimPOArgumentError
+from .errors import SimPOArgumentError
 
 
 USAGE = """usage: simpo-plugin <command> CONFIG.yaml [key=value | --key value ...]
@@ -60,7 +60,7 @@ def read_config(argv: list[str]) -> dict[str, Any]:
 
 
 def command_help(name: str) -> str:
-    from .generation.args import EvalArguments, PairsArguments
+    from .generation import EvalArguments, PairsArguments
 
     args_class = {"pairs": PairsArguments, "eval": EvalArguments}[name]
     lines = [f"usage: simpo-plugin {name} CONFIG.yaml [key=value | --key value ...]", "", "keys:"]

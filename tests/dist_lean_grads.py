@@ -7,15 +7,14 @@ import torch.distributed as dist
 from lean_cases import collated_batch, tiny_model
 from torch.nn.parallel import DistributedDataParallel
 
-from simpo_plugin.hparams import SimPOConfig
-from simpo_plugin.lean import SequenceLogps
+from simpo_plugin.lean import LeanConfig, SequenceLogps
 
 
-DEFAULT = SimPOConfig(beta=2.0, gamma=1.0, logps_chunk_size=5)  # the block attention route, shared prompts
-PLAIN = SimPOConfig(beta=2.0, gamma=1.0, lean_logps=False, prefix_sharing=False, attention_route=False)
+DEFAULT = LeanConfig(logps_chunk_size=5)  # the block attention route, shared prompts
+PLAIN = LeanConfig(lean_logps=False, prefix_sharing=False, attention_route=False)
 
 
-def loss_of(model, unwrapped, batch, config: SimPOConfig = DEFAULT) -> torch.Tensor:
+def loss_of(model, unwrapped, batch, config: LeanConfig = DEFAULT) -> torch.Tensor:
     sums, lengths = SequenceLogps(config)(model, unwrapped, batch)
     return (sums / lengths).sum()
 

@@ -42,7 +42,7 @@ site.main()
 
 import llamafactory.train.tuner as tuner  # noqa: E402
 
-from simpo_plugin.registry import REGISTRY  # noqa: E402
+from simpo_plugin.host.registry import REGISTRY  # noqa: E402
 
 
 print(hasattr(tuner.get_train_args, "__simpo_original__"), REGISTRY.get("simpo").name)

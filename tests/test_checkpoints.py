@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 from conftest import base_config, log_history, run_cli
 
-from simpo_plugin.checkpoints import MANIFEST, missing_parts, newest_complete, resolve_resume, write_manifest
-from simpo_plugin.hparams import SimPOArgumentError
+from simpo_plugin.errors import SimPOArgumentError
+from simpo_plugin.train.checkpoints import MANIFEST, missing_parts, newest_complete, resolve_resume, write_manifest
 
 
 def fake_checkpoint(output_dir: Path, step: int, manifest: bool = True, state: bool = True) -> Path:

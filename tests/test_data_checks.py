@@ -9,8 +9,8 @@ from datasets import Dataset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simpo_plugin.data_checks import check_rows, drop_empty_responses, pair_problem
-from simpo_plugin.hparams import SimPOArgumentError
+from simpo_plugin.errors import SimPOArgumentError
+from simpo_plugin.train.data_checks import check_rows, drop_empty_responses, pair_problem
 
 
 def converted(prompt="hi", chosen="good", rejected="bad") -> dict:

@@ -2,7 +2,7 @@
 
 import torch
 
-from simpo_plugin.grad_buffers import GradientBuffers
+from simpo_plugin.train.grad_buffers import GradientBuffers
 
 
 class TwoLayers(torch.nn.Module):

@@ -6,7 +6,8 @@ from typing import Any
 import pytest
 from llamafactory.train import tuner
 
-from simpo_plugin.hparams import SimPOArgumentError, SimPOConfig
+from simpo_plugin.errors import SimPOArgumentError
+from simpo_plugin.train.hparams import SimPOConfig
 
 
 def parse(tmp_path: Path, **keys: Any):
@@ -110,7 +111,7 @@ def test_help_lists_simpo_keys_after_the_hosts(flag: str) -> None:
 
     from conftest import BIN_DIR, cli_env
 
-    from simpo_plugin.hparams import SimPOArguments
+    from simpo_plugin.train.hparams import SimPOArguments
 
     result = subprocess.run([str(BIN_DIR / "llamafactory-cli"), "train", "--stage", "simpo", flag], env=cli_env(),
                             capture_output=True, text=True, timeout=300)  # fmt: skip

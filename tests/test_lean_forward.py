@@ -10,8 +10,7 @@ import torch
 from conftest import cli_env
 from lean_cases import collated_batch, tiny_model
 
-from simpo_plugin.hparams import SimPOConfig
-from simpo_plugin.lean import SequenceLogps
+from simpo_plugin.lean import LeanConfig, SequenceLogps
 from simpo_plugin.lean import sequence as forward
 from simpo_plugin.lean.head import model_inputs, plain_token_logps
 from simpo_plugin.lean.layout import packed_layout, padded_layout
@@ -19,11 +18,10 @@ from simpo_plugin.lean.layout import packed_layout, padded_layout
 
 def config(
     lean: bool = True, share: bool = True, one_row: bool = False, chunk: int = 7, route: bool = True
-) -> SimPOConfig:
-    return SimPOConfig(
-        beta=2.0, gamma=1.0, lean_logps=lean, prefix_sharing=share, padding_free=one_row, logps_chunk_size=chunk,
-        attention_route=route,
-    )  # fmt: skip
+) -> LeanConfig:
+    return LeanConfig(
+        lean_logps=lean, prefix_sharing=share, padding_free=one_row, logps_chunk_size=chunk, attention_route=route
+    )
 
 
 REFERENCE = config(lean=False, share=False, one_row=False, route=False)
@@ -39,7 +37,7 @@ PATHS = {
 }
 
 
-def sums_and_grads(model: torch.nn.Module, batch: dict, cfg: SimPOConfig, seed: int = 1):
+def sums_and_grads(model: torch.nn.Module, batch: dict, cfg: LeanConfig, seed: int = 1):
     """Per-sequence sums and lengths, and parameter gradients of a random linear function of the sums."""
     model.zero_grad(set_to_none=True)
     sums, lengths = SequenceLogps(cfg)(model, model, batch)
@@ -152,7 +150,7 @@ def test_lora_including_the_head_uses_the_checkpointed_module_path() -> None:
     unwrapped = model
     assert type(unwrapped.get_output_embeddings()) is not torch.nn.Linear
 
-    def run(cfg: SimPOConfig):
+    def run(cfg: LeanConfig):
         model.zero_grad(set_to_none=True)
         sums, lengths = SequenceLogps(cfg)(model, unwrapped, batch)
         sums.sum().backward()

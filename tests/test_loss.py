@@ -16,8 +16,7 @@ from llamafactory.train.dpo.trainer import CustomDPOTrainer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import CPOConfig, CPOTrainer
 
-from simpo_plugin.hparams import SimPOConfig
-from simpo_plugin.loss import SimPOLoss, SimPOLossOutput, simpo_loss
+from simpo_plugin.lean import SimPOLoss, SimPOLossOutput, SimPOObjective, simpo_loss
 
 
 ATOL = 1e-6
@@ -78,7 +77,7 @@ def test_hand_worked_sigmoid() -> None:
     -log sigmoid(h) = softplus(-h): [log(1 + e^-3), log(1 + e^3)] = [0.0485873516, 3.0485873516]
     (their difference is exactly 3). Mean = log(1 + e^-3) + 1.5 = 1.5485873516.
     """
-    out = simpo_loss(*hand_batch(), SimPOConfig(beta=2.0, gamma=1.0))
+    out = simpo_loss(*hand_batch(), SimPOObjective(beta=2.0, gamma=1.0))
     assert_close(out.losses, [softplus(-3.0), softplus(3.0)])
     assert_close(out.losses, [0.0485873515737, 3.0485873515737])
     assert_close(out.loss, 1.5485873515737)
@@ -93,7 +92,7 @@ def test_hand_worked_sft_term_is_token_level() -> None:
     Token-level NLL = -(-4 - 6) / (4 + 2) = 5/3 (a per-sequence mean would give (1 + 3) / 2 = 2).
     Loss = 1.5485873516 + 0.5 * 5/3 = 2.3819206849; per-pair losses exclude the SFT term.
     """
-    out = simpo_loss(*hand_batch(), SimPOConfig(beta=2.0, gamma=1.0, sft_weight=0.5))
+    out = simpo_loss(*hand_batch(), SimPOObjective(beta=2.0, gamma=1.0, sft_weight=0.5))
     assert_close(out.losses, [0.0485873515737, 3.0485873515737])
     assert_close(out.sft_loss, 5.0 / 3.0)
     assert_close(out.loss, 2.3819206849070)
@@ -106,14 +105,14 @@ def test_hand_worked_label_smoothing() -> None:
     Pair 2: 0.8 * log(1 + e^3) + 0.2 * log(1 + e^-3) = log(1 + e^-3) + 0.8 * 3 = 2.4485873516.
     Mean = 1.5485873516 (the symmetric margins make it equal the unsmoothed mean; the pairs show the difference).
     """
-    out = simpo_loss(*hand_batch(), SimPOConfig(beta=2.0, gamma=1.0, label_smoothing=0.2))
+    out = simpo_loss(*hand_batch(), SimPOObjective(beta=2.0, gamma=1.0, label_smoothing=0.2))
     assert_close(out.losses, [0.6485873515737, 2.4485873515737])
     assert_close(out.loss, 1.5485873515737)
 
 
 def test_hand_worked_hinge() -> None:
     """Hinge with h = [3, -3]: relu(1 - h) = [0, 4], mean 2; rewards do not depend on the loss type."""
-    out = simpo_loss(*hand_batch(), SimPOConfig(beta=2.0, gamma=1.0, loss_type="hinge"))
+    out = simpo_loss(*hand_batch(), SimPOObjective(beta=2.0, gamma=1.0, loss_type="hinge"))
     assert_close(out.losses, [0.0, 4.0])
     assert_close(out.loss, 2.0)
     assert_close(out.chosen_rewards, [-2.0, -6.0])
@@ -125,7 +124,7 @@ def test_gamma_is_absolute_not_a_ratio() -> None:
 
     Reading gamma as gamma/beta (margin 4 * 2 = 8) would give softplus(6) instead.
     """
-    out = simpo_loss(t(-3.0), t(-6.0), t(3.0), t(4.0), SimPOConfig(beta=4.0, gamma=2.0))
+    out = simpo_loss(t(-3.0), t(-6.0), t(3.0), t(4.0), SimPOObjective(beta=4.0, gamma=2.0))
     assert_close(out.loss, math.log(2.0))
     assert_close(out.chosen_rewards, [-4.0])
     assert_close(out.rejected_rewards, [-6.0])
@@ -199,7 +198,7 @@ def test_matches_reference(seed: int, batch_size: int, loss_type: str, eps: floa
     """Loss, per-pair losses, rewards and gradients agree with a re-statement written independently of loss.py."""
     chosen, rejected, chosen_lengths, rejected_lengths = random_batch(seed, batch_size)
     beta, gamma = random_hparams(seed)
-    config = SimPOConfig(beta=beta, gamma=gamma, loss_type=loss_type, label_smoothing=eps, sft_weight=sft_weight)
+    config = SimPOObjective(beta=beta, gamma=gamma, loss_type=loss_type, label_smoothing=eps, sft_weight=sft_weight)
 
     chosen.requires_grad_(True)
     rejected.requires_grad_(True)
@@ -278,14 +277,14 @@ def cpo_trainers(tiny_assets: dict[str, Path], tmp_path_factory: pytest.TempPath
 @pytest.mark.parametrize(
     ("trl_key", "ours"),
     [
-        (("simpo", 0.0, TRL_GAMMA), SimPOConfig(beta=TRL_BETA, gamma=TRL_GAMMA)),
-        (("simpo", 0.2, TRL_GAMMA), SimPOConfig(beta=TRL_BETA, gamma=TRL_GAMMA, label_smoothing=0.2)),
-        (("hinge", 0.0, 0.0), SimPOConfig(beta=TRL_BETA, gamma=0.0, loss_type="hinge")),
+        (("simpo", 0.0, TRL_GAMMA), SimPOObjective(beta=TRL_BETA, gamma=TRL_GAMMA)),
+        (("simpo", 0.2, TRL_GAMMA), SimPOObjective(beta=TRL_BETA, gamma=TRL_GAMMA, label_smoothing=0.2)),
+        (("hinge", 0.0, 0.0), SimPOObjective(beta=TRL_BETA, gamma=0.0, loss_type="hinge")),
     ],
     ids=["sigmoid", "sigmoid-smoothed", "hinge-gamma0"],
 )
 def test_matches_trl_cpo_simpo(
-    cpo_trainers: dict[tuple, CPOTrainer], trl_key: tuple, ours: SimPOConfig, seed: int, batch_size: int
+    cpo_trainers: dict[tuple, CPOTrainer], trl_key: tuple, ours: SimPOObjective, seed: int, batch_size: int
 ) -> None:
     """TRL's ``cpo_loss`` (beta * (avg_c - avg_r - gamma/beta)) is the same objective on averaged log-probs."""
     trainer = cpo_trainers[trl_key]
@@ -336,7 +335,7 @@ def test_matches_host_builtin_simpo(seed: int, batch_size: int) -> None:
     """The host's sigmoid SimPO on averaged log-probs gives the same per-pair losses and rewards (gamma absolute)."""
     chosen, rejected, chosen_lengths, rejected_lengths = random_batch(seed, batch_size)
     beta, gamma = random_hparams(seed)
-    out = simpo_loss(chosen, rejected, chosen_lengths, rejected_lengths, SimPOConfig(beta=beta, gamma=gamma))
+    out = simpo_loss(chosen, rejected, chosen_lengths, rejected_lengths, SimPOObjective(beta=beta, gamma=gamma))
 
     stub = host_trainer_stub(beta, gamma)
     chosen_avg, rejected_avg = chosen / chosen_lengths, rejected / rejected_lengths
@@ -359,7 +358,7 @@ def test_matches_host_builtin_simpo(seed: int, batch_size: int) -> None:
 @pytest.mark.parametrize(("loss_type", "eps", "sft_weight"), [("sigmoid", 0.1, 0.3), ("hinge", 0.0, 0.0)])
 def test_wrapper_is_reference_free_and_equals_function(loss_type: str, eps: float, sft_weight: float) -> None:
     """The trainer asks ``is_reference_free`` to skip the reference model; the call must not alter the math."""
-    config = SimPOConfig(beta=2.0, gamma=1.0, loss_type=loss_type, label_smoothing=eps, sft_weight=sft_weight)
+    config = SimPOObjective(beta=2.0, gamma=1.0, loss_type=loss_type, label_smoothing=eps, sft_weight=sft_weight)
     wrapper = SimPOLoss(config)
     assert wrapper.is_reference_free is True
     assert SimPOLoss.is_reference_free is True
@@ -377,7 +376,7 @@ def test_wrapper_is_reference_free_and_equals_function(loss_type: str, eps: floa
 def test_unknown_loss_type_raises(loss_type: str) -> None:
     """A typo must fail loudly, naming the bad type, rather than silently fall back to some loss."""
     with pytest.raises(ValueError, match=f"`{loss_type}`"):
-        simpo_loss(*hand_batch(), SimPOConfig(beta=2.0, gamma=1.0, loss_type=loss_type))
+        simpo_loss(*hand_batch(), SimPOObjective(beta=2.0, gamma=1.0, loss_type=loss_type))
 
 
 def test_length_normalization_ablation_uses_summed_logps() -> None:
@@ -385,7 +384,7 @@ def test_length_normalization_ablation_uses_summed_logps() -> None:
 
     h = 2 * (-4 - (-9)) - 1 = 9 -> loss = log(1 + e^-9); rewards -8 and -18.
     """
-    cfg = SimPOConfig(beta=2.0, gamma=1.0, length_normalization=False)
+    cfg = SimPOObjective(beta=2.0, gamma=1.0, length_normalization=False)
     out = simpo_loss(torch.tensor([-4.0]), torch.tensor([-9.0]), torch.tensor([4.0]), torch.tensor([3.0]), cfg)
     assert out.loss.item() == pytest.approx(math.log1p(math.exp(-9.0)), abs=1e-7)
     assert out.chosen_rewards.item() == pytest.approx(-8.0) and out.rejected_rewards.item() == pytest.approx(-18.0)

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from simpo_plugin.monitor import CollapseMonitor
+from simpo_plugin.train.monitor import CollapseMonitor
 
 
 # Train logs of the healthy demo (`make demo`): steps 4..64, chosen log-prob rising, accuracy to 1, loss to 0.006.

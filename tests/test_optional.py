@@ -7,8 +7,9 @@ from conftest import base_config, log_history, run_cli
 from pairs_cases import REWARDS
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from simpo_plugin.optional import FeatureUnavailable, GuardedCallback, describe, optional
+from simpo_plugin.errors import FeatureUnavailable, describe
 from simpo_plugin.testing import preference_rows, write_preference_dataset
+from simpo_plugin.train.optional import GuardedCallback, optional
 
 
 class Flaky(TrainerCallback):

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from simpo_plugin.cli import read_config
+from simpo_plugin.errors import SimPOArgumentError
 from simpo_plugin.generation.args import PairsConfigError, check_keys
 from simpo_plugin.generation.report import PairsStats, quantiles
 from simpo_plugin.generation.sampling import SeededSampling, sample_seed, split_at_stop, top_p_mask
 from simpo_plugin.generation.selection import select_pair
-from simpo_plugin.hparams import SimPOArgumentError
 
 
 # ---- selection -------------------------------------------------------------------------------------------------

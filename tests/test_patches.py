@@ -8,9 +8,9 @@ import llamafactory.train.tuner as tuner
 import pytest
 from llamafactory.hparams import FinetuningArguments
 
-from simpo_plugin import hooks, patches
-from simpo_plugin.dispatch import CARRIER_STAGE, wrap_carrier_run, wrap_get_train_args
-from simpo_plugin.registry import Stage, StageRegistry
+from simpo_plugin.host import hooks, patches
+from simpo_plugin.host.dispatch import CARRIER_STAGE, wrap_carrier_run, wrap_get_train_args
+from simpo_plugin.host.registry import Stage, StageRegistry
 
 
 def test_tuner_patch_is_idempotent_and_reversible() -> None:
@@ -111,7 +111,7 @@ def test_launcher_patch_is_idempotent_reversible_and_leaves_other_stages_to_the_
 
     import llamafactory.launcher as launcher
 
-    from simpo_plugin.launcher import LauncherSubprocess
+    from simpo_plugin.host.launcher import LauncherSubprocess
 
     assert isinstance(launcher.subprocess, LauncherSubprocess) and launcher.subprocess.PIPE == subprocess.PIPE
     assert patches.patch_launcher(launcher) is False

@@ -5,9 +5,9 @@ from importlib import metadata
 
 import pytest
 
-from simpo_plugin import registry as registry_module
-from simpo_plugin.registry import REGISTRY, Stage, StageRegistry
-from simpo_plugin.stage import SIMPO_STAGE
+from simpo_plugin.host import registry as registry_module
+from simpo_plugin.host.registry import REGISTRY, Stage, StageRegistry
+from simpo_plugin.train.stage import SIMPO_STAGE
 
 
 def _noop(*args: object) -> None:

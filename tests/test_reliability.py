@@ -144,7 +144,7 @@ def test_signalled_run_checkpoints_its_step_and_resumes_exactly(tiny_assets, tmp
 
 REPEATS = """
 import signal, sys, time
-from simpo_plugin.preemption import StopRequest
+from simpo_plugin.train.preemption import StopRequest
 request = StopRequest(repeat_window_s=1.0)
 request.install()
 print("ready", flush=True)

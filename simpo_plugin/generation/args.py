@@ -9,7 +9,7 @@ import difflib
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..hparams import SimPOArgumentError
+from ..errors import SimPOArgumentError
 
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
-from ..optional import FeatureUnavailable, agreed_ok, describe
+from ..errors import FeatureUnavailable, describe
 from .metrics import Generated, repeat_rate, summarize, text_units
 from .sampling import HFSampler
 
@@ -33,6 +33,18 @@ PREFIX = "probe/"
 
 class ProbeFailed(FeatureUnavailable):
     """A probe failed on some rank; raised on all ranks together."""
+
+
+def agreed_ok(ok: bool, device: Any) -> bool:
+    """Whether every rank's part went well, so that all ranks turn the probe off together (no rank is left
+    waiting in a collective)."""
+    import torch
+
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return ok
+    flag = torch.tensor([int(ok)], dtype=torch.int64, device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item())
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,40 @@
-"""The lean SimPO forward: everything between a collated batch and its per-sequence log-prob sums.
+"""The lean SimPO step, pure torch: everything between a collated batch and the loss.
 
-The trainer calls only :class:`SequenceLogps`. Mental model of one call::
+The trainer calls :class:`SequenceLogps` and :class:`SimPOLoss`; the stage builds :class:`LeanConfig` and
+:class:`SimPOObjective` from its arguments. Mental model of one step::
 
     SequenceLogps(model, unwrapped, batch)                               sequence.py: picks layout, route, head
       layout:   collated 2B padded rows -> one packed row                layout.py
                 [prompt][chosen][rejected] per pair, no padding, position ids restart for rejected
       route:    model(**inputs, simpo_segments=...)                      attention.py
                 each attention layer computes its segments ([prompt;chosen] causal, [rejected] -> prompt + itself)
-      head:     final hidden states at the response positions only      head.py
+      head:     final hidden states at the response positions only      head.py, holding.py
                 chunked label log-probs, no (rows, L, V) logits           kernel.py
       sums:     index_add per sequence -> (2B,) sums and lengths
+    SimPOLoss(chosen sums, rejected sums, lengths)                       loss.py: Eq. 6, rewards, margins
 
 Each piece falls back on its own when a model cannot take it (dense-mask layouts, plain log-probs), with one
-warning; every fast path is exact (tests/test_lean_forward.py, tests/test_logprob.py).
+warning; every fast path is exact (tests/test_lean_forward.py, tests/test_logprob.py). This package imports
+nothing from the stage, the host glue, generation or LLaMA-Factory (tests/test_layers.py), and importing it is
+cheap: torch loads with the first of the names below that is used.
 """
 
-from .sequence import SequenceLogps
+from importlib import import_module
+from typing import Any
+
+from .config import LeanConfig, SimPOObjective
 
 
-__all__ = ["SequenceLogps"]
+_LAZY = {
+    "SequenceLogps": ".sequence",
+    "SimPOLoss": ".loss",
+    "SimPOLossOutput": ".loss",
+    "simpo_loss": ".loss",
+}
+__all__ = ["LeanConfig", "SequenceLogps", "SimPOLoss", "SimPOLossOutput", "SimPOObjective", "simpo_loss"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

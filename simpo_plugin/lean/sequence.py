@@ -1,12 +1,12 @@
 """Chooses, once per model, how a batch becomes per-sequence log-probs: layout, attention route and head path."""
 
 import logging
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from .attention import ROUTES, install_route
+from .config import LeanConfig
 from .head import (
     HeadNotCalledError,
     lean_token_logps,
@@ -17,10 +17,6 @@ from .head import (
 )
 from .holding import sharded_by_fsdp
 from .layout import PairLayout, packed_layout, padded_layout
-
-
-if TYPE_CHECKING:
-    from ..hparams import SimPOConfig
 
 
 logger = logging.getLogger("llamafactory.simpo")
@@ -39,7 +35,7 @@ def base_attention(config: object) -> str | None:
 class SequenceLogps:
     """Callable ``(model, unwrapped_model, batch) -> (sums (2B,), lengths (2B,))`` following ``config``."""
 
-    def __init__(self, config: "SimPOConfig") -> None:
+    def __init__(self, config: LeanConfig) -> None:
         self.config = config
         self.lean = config.lean_logps
         self.route = config.attention_route

@@ -28,7 +28,7 @@ class Stage:
             ``finetuning_args.stage_args``.
         label: name shown in the LLaMA Board stage dropdown.
         uses_pair_data: whether the stage trains on ranking (chosen/rejected) datasets.
-        ui: its LLaMA Board widgets (a :class:`simpo_plugin.webui.StageUI`), or None for no web UI controls.
+        ui: its LLaMA Board widgets (a :class:`simpo_plugin.host.webui.StageUI`), or None for no web UI controls.
     """
 
     name: str
@@ -50,7 +50,7 @@ class StageRegistry:
     def register(self, stage: Stage) -> Stage:
         """Add ``stage``; raise ValueError if its name clashes with a host stage or another plugin's."""
         if not isinstance(stage, Stage):
-            raise TypeError(f"Expected a simpo_plugin.registry.Stage, got {type(stage).__name__}.")
+            raise TypeError(f"Expected a simpo_plugin.host.registry.Stage, got {type(stage).__name__}.")
         if stage.name in HOST_STAGES:
             raise ValueError(f"Stage `{stage.name}` is a built-in LLaMA-Factory stage and cannot be replaced.")
         if stage.name in self._stages and self._stages[stage.name] is not stage:

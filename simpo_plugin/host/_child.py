@@ -1,7 +1,7 @@
 """Started by the plugin's launcher in place of torchrun: ask the kernel for SIGTERM when the launcher dies, then
 become torchrun (``exec``), so that a launcher killed outright still lets the workers checkpoint and stop.
 
-Usage (by :func:`simpo_plugin.launcher.run_forwarding`): ``python -m simpo_plugin._child torchrun ARGS...``.
+Usage (by :func:`simpo_plugin.host.launcher.run_forwarding`): ``python -m simpo_plugin.host._child torchrun ARGS...``.
 """
 
 import ctypes

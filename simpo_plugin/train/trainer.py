@@ -14,11 +14,10 @@ from llamafactory.train.dpo.trainer import CustomDPOTrainer
 from transformers import Trainer
 from typing_extensions import override
 
+from ..lean import SequenceLogps, SimPOLoss
 from .checkpoints import checkpoint_dir, unmark, write_manifest
 from .grad_buffers import GradientBuffers
 from .guards import NonFiniteGuard
-from .lean import SequenceLogps
-from .loss import SimPOLoss
 from .preemption import PreemptionGuard, load_cpu_rank_locations
 
 
@@ -56,7 +55,7 @@ class SimPOTrainer(CustomDPOTrainer):
 
     @override
     def _save_checkpoint(self, model: "PreTrainedModel", trial: Any) -> None:
-        """The host's checkpoint, marked complete once every rank has written its part (simpo_plugin.checkpoints)."""
+        """The host's checkpoint, marked complete once every rank has written its part (see .checkpoints)."""
         folder = checkpoint_dir(self.args.output_dir, self.state.global_step)
         if self.is_local_process_zero():
             unmark(folder)

@@ -5,9 +5,8 @@ Importing this module must stay cheap (no torch): the host loads it while ``llam
 
 from typing import Any
 
+from ..host import SIMPO_UI, Stage
 from .hparams import SimPOArguments, resolve_simpo_args
-from .registry import Stage
-from .webui import SIMPO_UI
 
 
 def _run_workflow(*args: Any, **kwargs: Any) -> None:

@@ -11,9 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from llamafactory.extras import logging
 
-from .generation.probes import GenerationProbe, ProbeSettings
-from .generation.prompts import load_prompts
-from .generation.scorers import check_scorer
+from ..generation import GenerationProbe, ProbeSettings, check_scorer, load_prompts
 from .monitor import CollapseMonitor
 from .optional import GuardedCallback, optional
 

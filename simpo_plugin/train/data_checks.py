@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from llamafactory.data.parser import get_dataset_list
 from llamafactory.extras import logging
 
-from .hparams import SimPOArgumentError
+from ..errors import SimPOArgumentError
 
 
 if TYPE_CHECKING:

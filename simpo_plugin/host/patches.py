@@ -4,14 +4,14 @@ Touch-points (LLaMA-Factory 0.9.x):
 - ``llamafactory.hparams.finetuning_args.FinetuningArguments.stage``: its ``Literal`` gains the registered
   stage names, so ``--stage simpo`` passes argparse's choices check.
 - ``llamafactory.train.tuner.get_train_args`` / ``run_dpo``: the names the tuner looks up are replaced by the
-  dispatching wrappers of :mod:`simpo_plugin.dispatch`.
+  dispatching wrappers of :mod:`simpo_plugin.host.dispatch`.
 - ``llamafactory.extras.constants``: ``TRAINING_STAGES`` (web UI dropdown) and ``STAGES_USE_PAIR_DATA`` gain the
   registered stages.
 - ``llamafactory.webui.locales.LOCALES``: the stages' widget labels in every UI language.
 - ``llamafactory.webui.interface.create_train_tab``: the Train tab gains each stage's widgets.
 - ``llamafactory.webui.runner.Runner._parse_train_args``: a plugin stage's widgets become its YAML keys.
 - ``llamafactory.launcher.subprocess``: for a plugin stage, the torchrun child gets stop signals passed on
-  (:mod:`simpo_plugin.launcher`).
+  (:mod:`simpo_plugin.host.launcher`).
 """
 
 import sys

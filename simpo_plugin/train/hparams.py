@@ -9,6 +9,9 @@ has two conventions: ``simpo_gamma`` is the absolute margin gamma (LLaMA-Factory
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Literal
 
+from ..errors import SimPOArgumentError
+from ..lean import LeanConfig, SimPOObjective
+
 
 if TYPE_CHECKING:
     from llamafactory.hparams import DataArguments, FinetuningArguments, ModelArguments, TrainingArguments
@@ -29,10 +32,6 @@ _DPO_ONLY_KEYS = {
     "pref_bco_weight": "BCO needs a reference model, which SimPO does not have: remove it.",
     "ld_alpha": "SimPO already normalizes by length (the mean log-prob): remove it.",
 }
-
-
-class SimPOArgumentError(ValueError):
-    """A SimPO configuration error; the CLI prints it as one line without a traceback."""
 
 
 class SimPOCollapseStop(SimPOArgumentError):
@@ -156,21 +155,12 @@ class SimPOArguments:
             )
 
 
-@dataclass(frozen=True)
-class SimPOConfig:
-    """The resolved objective that the trainer computes."""
+@dataclass(frozen=True, kw_only=True)
+class SimPOConfig(SimPOObjective, LeanConfig):
+    """The resolved stage: the objective (:class:`~simpo_plugin.lean.SimPOObjective`), the forward's fast paths
+    (:class:`~simpo_plugin.lean.LeanConfig`) and the watchers; it is both of the first two, so the loss and the
+    forward take it as it is."""
 
-    beta: float
-    gamma: float
-    loss_type: str = "sigmoid"
-    label_smoothing: float = 0.0
-    sft_weight: float = 0.0
-    length_normalization: bool = True
-    lean_logps: bool = True
-    logps_chunk_size: int = 256
-    prefix_sharing: bool = True
-    padding_free: bool = False
-    attention_route: bool = True
     cpu_gradient_buffers: bool = True
     probe_steps: int = DEFAULT_PROBE_STEPS
     probe_prompts: int = 16
@@ -178,10 +168,6 @@ class SimPOConfig:
     probe_reward_model: str | None = None
     probe_reward_function: str | None = None
     stop_on_collapse: bool = False
-
-    @property
-    def gamma_beta_ratio(self) -> float:
-        return self.gamma / self.beta
 
     def summary(self) -> str:
         return (

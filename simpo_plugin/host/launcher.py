@@ -10,11 +10,11 @@ For a plugin stage, the launcher's ``subprocess.run`` of torchrun is replaced by
   ``kill -TERM -<pgid>``, Slurm) reaches it exactly once, from the launcher: torchrun abandons its graceful
   shutdown when a second signal arrives during it;
 - SIGTERM and SIGINT received by the launcher go to torchrun's group (torchrun and its workers; a worker treats the
-  agent's forwarded copy as the same request, see :mod:`simpo_plugin.preemption`);
-- torchrun is started through :mod:`simpo_plugin._child`, which asks the kernel to send it SIGTERM if the launcher
+  agent's forwarded copy as the same request, see :mod:`simpo_plugin.train.preemption`);
+- torchrun is started through :mod:`simpo_plugin.host._child`, which asks the kernel to send it SIGTERM if the launcher
   dies, so a launcher killed outright (SIGKILL) still lets the workers checkpoint instead of leaving them behind;
-- the launcher exits with the workers' code: 128 + the signal after a preemption stop (written by local rank 0 to
-  the file named by :data:`EXIT_FILE_ENV`), else torchrun's own, without the ``CalledProcessError`` traceback.
+- the launcher exits with the workers' code: 128 + the signal after a preemption stop (recorded by local rank 0,
+  :mod:`simpo_plugin.exits`), else torchrun's own, without the ``CalledProcessError`` traceback.
 
 Other stages keep the host's launcher as it is.
 """
@@ -28,22 +28,12 @@ from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
 
+from ..exits import EXIT_FILE_ENV, recorded_exit_code
 from ._child import PARENT_ENV
 from .registry import REGISTRY, StageRegistry
 
 
-EXIT_FILE_ENV = "SIMPO_PLUGIN_EXIT_FILE"
 FORWARDED = (signal.SIGTERM, signal.SIGINT)
-
-
-def record_exit_code(code: int) -> None:
-    """Called by a worker (local rank 0) that ends the run itself: tell the launcher the exit code to use."""
-    path = os.environ.get(EXIT_FILE_ENV)
-    if path and os.environ.get("LOCAL_RANK", "0") == "0":
-        try:
-            Path(path).write_text(str(code), encoding="ascii")
-        except OSError:
-            pass  # the launcher then reports torchrun's own code
 
 
 def run_forwarding(
@@ -61,7 +51,7 @@ def run_forwarding(
         exit_file = Path(folder) / "exit_code"
         env[EXIT_FILE_ENV] = str(exit_file)
         env[PARENT_ENV] = str(os.getpid())
-        child = [sys.executable, "-m", "simpo_plugin._child", *command]
+        child = [sys.executable, "-m", "simpo_plugin.host._child", *command]
         process = subprocess.Popen(child, env=env, process_group=0, **kwargs)
 
         def forward(signum: int, frame: FrameType | None) -> None:
@@ -76,8 +66,8 @@ def run_forwarding(
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-        recorded = exit_file.read_text(encoding="ascii").strip() if exit_file.is_file() else ""
-    return subprocess.CompletedProcess(command, int(recorded) if recorded.isdigit() else returncode)
+        recorded = recorded_exit_code(exit_file)
+    return subprocess.CompletedProcess(command, returncode if recorded is None else recorded)
 
 
 def _plugin_stage_requested(registry: StageRegistry) -> bool:

@@ -5,7 +5,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .hparams import SimPOConfig
+from .config import SimPOObjective
 
 
 class SimPOLossOutput(NamedTuple):
@@ -21,7 +21,7 @@ def simpo_loss(
     rejected_logps: torch.Tensor,
     chosen_lengths: torch.Tensor,
     rejected_lengths: torch.Tensor,
-    config: SimPOConfig,
+    config: SimPOObjective,
 ) -> SimPOLossOutput:
     r"""SimPO loss (Meng et al. 2024, Eq. 6) with the official implementation's options.
 
@@ -80,7 +80,7 @@ class SimPOLoss:
 
     is_reference_free = True
 
-    def __init__(self, config: SimPOConfig) -> None:
+    def __init__(self, config: SimPOObjective) -> None:
         self.config = config
 
     def __call__(

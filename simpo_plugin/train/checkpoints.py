@@ -24,7 +24,7 @@ from typing import Any
 from llamafactory.extras import logging
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .hparams import SimPOArgumentError
+from ..errors import SimPOArgumentError
 
 
 logger = logging.get_logger("llamafactory.simpo")

@@ -10,9 +10,9 @@ from types import ModuleType, TracebackType
 
 import wrapt
 
+from .._startup import _warn
+from ..errors import SimPOArgumentError
 from . import patches
-from ._startup import _warn
-from .hparams import SimPOArgumentError
 from .registry import REGISTRY
 
 

@@ -9,26 +9,15 @@ from collections.abc import Callable
 from functools import partialmethod
 from typing import Any, TypeVar
 
-import torch
 from llamafactory.extras import logging
 from transformers import TrainerCallback
+
+from ..errors import describe
 
 
 logger = logging.get_logger("llamafactory.simpo")
 T = TypeVar("T")
 EVENTS = tuple(name for name in vars(TrainerCallback) if name.startswith("on_"))
-
-
-class FeatureUnavailable(RuntimeError):
-    """An optional feature cannot work in this run; the message says why and what to change."""
-
-
-def describe(exc: BaseException) -> str:
-    """The cause as one line without a final period: the plugin's own messages as they are, others with their type."""
-    text = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else ""
-    if type(exc).__module__.startswith("simpo_plugin") and text:
-        return text
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def turned_off(feature: str, exc: BaseException, fix: str) -> None:
@@ -43,15 +32,6 @@ def optional(feature: str, fix: str, build: Callable[[], T]) -> T | None:
     except Exception as exc:  # noqa: BLE001 - an optional feature must not end the run
         turned_off(feature, exc, fix)
         return None
-
-
-def agreed_ok(ok: bool, device: torch.device) -> bool:
-    """Whether every rank's part of a step went well, so that all ranks turn a feature off together."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return ok
-    flag = torch.tensor([int(ok)], dtype=torch.int64, device=device)
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-    return bool(flag.item())
 
 
 class GuardedCallback(TrainerCallback):

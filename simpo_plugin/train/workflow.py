@@ -14,6 +14,8 @@ from llamafactory.extras.ploting import plot_loss
 from llamafactory.model import load_model, load_tokenizer
 from llamafactory.train.trainer_utils import create_modelcard_and_push
 
+from ..errors import SimPOArgumentError
+from ..exits import record_exit_code
 from .checkpoints import checkpoint_dir
 from .data_checks import (
     check_preference_datasets,
@@ -22,8 +24,7 @@ from .data_checks import (
     has_rows,
     without_blank_responses,
 )
-from .hparams import SimPOArgumentError, SimPOCollapseStop
-from .launcher import record_exit_code
+from .hparams import SimPOCollapseStop
 from .optional import optional
 from .plots import plot_simpo_curves
 from .preemption import SimPOPreempted

@@ -1,0 +1,142 @@
+"""The package's layers and the rule between them, read from the imports (ast, nothing is run).
+
+Layers: ``lean`` (the math: forward and loss, pure torch), ``generation`` (sampling, scoring, pairs, probes),
+``train`` (the stage: arguments, workflow, trainer, callbacks) and ``host`` (the glue to LLaMA-Factory); at the top
+``_startup`` (what the ``.pth`` line runs), the neutral ``errors`` and ``exits``, ``cli`` and ``testing``. Every
+import counts, including those under ``TYPE_CHECKING`` and inside functions.
+"""
+
+import ast
+import shutil
+from pathlib import Path
+
+import pytest
+
+import simpo_plugin
+
+
+PACKAGE = Path(simpo_plugin.__file__).resolve().parent
+LAYERS = ("lean", "generation", "train", "host")
+HEAVY = ("torch", "transformers", "llamafactory", "wrapt", "gradio", "deepspeed")
+# (which modules, what they must not import, why)
+RULES = [
+    ("simpo_plugin.lean", ("simpo_plugin.train", "simpo_plugin.host", "simpo_plugin.generation", "llamafactory"),
+     "the math knows no stage, host glue, generation or LLaMA-Factory"),
+    ("simpo_plugin.generation", ("simpo_plugin.train", "simpo_plugin.host"),
+     "generation knows no stage and no host glue"),
+    ("simpo_plugin.train.hparams", ("simpo_plugin.host", "gradio"), "the stage's arguments never import the web UI"),
+    ("simpo_plugin.train.workflow", ("simpo_plugin.host", "gradio"), "the workflow never imports the web UI"),
+    ("simpo_plugin.train.trainer", ("simpo_plugin.host", "gradio"), "the trainer never imports the web UI"),
+    ("simpo_plugin._startup", HEAVY, "the .pth line runs in every interpreter: nothing heavy"),
+    ("simpo_plugin.errors", ("simpo_plugin.", *HEAVY), "neutral modules depend on nothing"),
+    ("simpo_plugin.exits", ("simpo_plugin.", *HEAVY), "neutral modules depend on nothing"),
+]  # fmt: skip
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = path.relative_to(root.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_statements(path: Path, root: Path) -> list[tuple[str, list[str]]]:
+    """(module, names) of every import in ``path``, relative imports resolved (``import X`` gives (X, []))."""
+    name = module_name(path, root)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    statements = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            statements += [(alias.name, []) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            statements.append((base, [alias.name for alias in node.names]))
+    return statements
+
+
+def imports_of(path: Path, root: Path) -> set[str]:
+    """Every module ``path`` imports; ``from X import y`` counts as X and X.y (y may be a module)."""
+    return {f"{base}.{name}" for base, names in import_statements(path, root) for name in names} | {
+        base for base, _ in import_statements(path, root)
+    }
+
+
+def layer_of(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "simpo_plugin" and parts[1] in LAYERS else None
+
+
+def violations(root: Path = PACKAGE) -> list[str]:
+    """Each forbidden import as ``module imports target: why``; empty when the rule holds."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        module = module_name(path, root)
+        imported = imports_of(path, root)
+        for scope, forbidden, why in RULES:
+            if module == scope or module.startswith(scope + "."):
+                bad = sorted(i for i in imported if any(i == f or i.startswith(f if f.endswith(".") else f + ".")
+                                                        for f in forbidden))  # fmt: skip
+                found += [f"{module} imports {target}: {why}" for target in bad]
+        own = layer_of(module)
+        for target in sorted(imported):  # another layer is reached through its package's __init__ only
+            if layer_of(target) not in (None, own) and len(target.split(".")) > 2:
+                if target.rpartition(".")[0] not in {f"simpo_plugin.{layer}" for layer in LAYERS}:
+                    found.append(
+                        f"{module} imports {target}: other layers go through `simpo_plugin.{layer_of(target)}`"
+                    )
+    return found
+
+
+def exported(layer: str) -> set[str]:
+    tree = ast.parse((PACKAGE / layer / "__init__.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+            names = {elt.value for elt in node.value.elts if isinstance(elt, ast.Constant)}
+            if any(isinstance(elt, ast.Starred) for elt in node.value.elts):  # `*_LAZY`: the lazy table's keys
+                lazy = next(n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "_LAZY")
+                names |= {key.value for key in lazy.value.keys}
+            return names
+    return set()
+
+
+def test_the_package_keeps_the_rule() -> None:
+    assert violations() == []
+
+
+def test_other_layers_use_only_what_a_package_exports() -> None:
+    """A name another layer takes from a layer's package is in that package's ``__all__``."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        own = layer_of(module_name(path, PACKAGE))
+        for base, names in import_statements(path, PACKAGE):
+            layer = layer_of(base)
+            if layer and layer != own and base == f"simpo_plugin.{layer}":
+                assert set(names) <= exported(layer), (str(path), names, layer)
+
+
+def test_every_layer_has_a_package_that_draws_its_path() -> None:
+    for layer in LAYERS:
+        doc = ast.get_docstring(ast.parse((PACKAGE / layer / "__init__.py").read_text(encoding="utf-8"))) or ""
+        assert len(doc.splitlines()) >= 5 and exported(layer), layer
+
+
+INJECTIONS = {
+    "lean/sequence.py": "if TYPE_CHECKING:\n    from ..train.hparams import SimPOConfig\n",
+    "lean/loss.py": "from llamafactory.extras import logging\n",
+    "generation/args.py": "from ..train.hparams import SimPOCollapseStop\n",
+    "train/trainer.py": "def ui():\n    from ..host.webui import SIMPO_UI\n",
+    "train/workflow.py": "import gradio\n",
+    "_startup.py": "def heavy():\n    import torch\n",
+    "train/probing.py": "from ..generation.probes import GenerationProbe\n",
+}
+
+
+@pytest.mark.parametrize("relative", sorted(INJECTIONS))
+def test_a_forbidden_import_put_back_is_caught(tmp_path: Path, relative: str) -> None:
+    copy = tmp_path / "simpo_plugin"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    with (copy / relative).open("a", encoding="utf-8") as handle:
+        handle.write("\n" + INJECTIONS[relative])
+    found = violations(copy)
+    module = "simpo_plugin." + relative.removesuffix(".py").replace("/", ".")
+    assert found and all(line.startswith(module + " imports ") for line in found), found
