@@ -37,7 +37,8 @@ endif
 
 demo: setup
 	$(PY) -m simpo_plugin.testing $(DEMO_DIR)
-	llamafactory-cli train examples/demo/simpo_demo.yaml
+	llamafactory-cli train examples/demo/simpo_demo.yaml model_name_or_path=$(DEMO_DIR)/tiny-llama \
+		dataset_dir=$(DEMO_DIR)/data output_dir=$(DEMO_DIR)/simpo-tiny-full
 	@echo "Trained model, trainer_log.jsonl and plots (training_simpo_*.png) are in $(DEMO_DIR)/simpo-tiny-full"
 
 # The web UI browser test drives Debian's Chromium through Playwright (no browser download); it is skipped,

@@ -6,6 +6,7 @@ Configuration mistakes print one line naming the key and exit with status 2; an 
 and resumes when the same command runs again.
 """
 
+import difflib
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -103,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"simpo-plugin: error: unknown command `{name}`\n\n{USAGE}", file=sys.stderr)
+        close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+        hint = f" (did you mean `{close[0]}`?)" if close else ""
+        print(f"simpo-plugin: error: unknown command `{name}`{hint}\n\n{USAGE}", file=sys.stderr)
         return 2
     if any(token in ("-h", "--help") for token in rest):
         print(command_help(name))
@@ -111,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[name](rest)
     except SimPOArgumentError as exc:
-        print(f"simpo-plugin {name}: error: {exc}", file=sys.stderr)
+        source = next((token for token in rest[:1] if not token.startswith("-") and "=" not in token), None)
+        where = f" (config: {Path(source).resolve()})" if source else ""
+        print(f"simpo-plugin {name}: error: {exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"simpo-plugin {name}: interrupted; run the same command again to resume.", file=sys.stderr)

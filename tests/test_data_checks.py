@@ -29,7 +29,7 @@ def test_pair_problems_are_named() -> None:
 
 def test_malformed_rows_raise_with_indices_and_identical_pairs_warn(caplog: pytest.LogCaptureFixture) -> None:
     rows = [converted(), converted(chosen=None), converted(), {"_prompt": [], "_response": []}]
-    with pytest.raises(SimPOArgumentError, match=r"Dataset `x`: 2 of 4 rows .*row 1: .*row 3: "):
+    with pytest.raises(SimPOArgumentError, match=r"Dataset `x`: 2 of 4 rows .*\(row 1\).*\(row 3\)"):
         check_rows("x", rows)
     with caplog.at_level(logging.WARNING):
         assert check_rows("x", [converted(), converted(chosen="same", rejected="same")]) == (2, 1, 0)
@@ -78,7 +78,7 @@ def test_null_field_is_reported_with_its_row_before_training(tiny_assets, tmp_pa
     result = run_cli(config, tmp_path)
     errors = [line for line in result.stderr.splitlines() if line.startswith("simpo-plugin: error:")]
     assert result.returncode != 0 and len(errors) == 1, result.stderr[-2000:]
-    assert "Dataset `nulls`: 1 of 6 rows" in errors[0] and "row 3:" in errors[0]
+    assert "Dataset `nulls`: 1 of 6 rows" in errors[0] and "(row 3)" in errors[0]
     assert "Traceback" not in result.stderr
 
 
@@ -160,3 +160,62 @@ def test_any_text_tokenizes_into_scoreable_pairs(tiny_assets, prompt, chosen, re
     expected = padded_layout(**tensors).lengths()
     assert torch.equal(packed_layout(**tensors).lengths(), expected)
     assert expected.tolist() == [sum(1 for t in x[1:] if t != -100) for x in labels]
+
+
+def _sharegpt(tmp_path, name: str, rows: list) -> str:
+    (tmp_path / f"{name}.json").write_text(json.dumps(rows))
+    columns = {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"}
+    info = {name: {"file_name": f"{name}.json", "formatting": "sharegpt", "ranking": True, "columns": columns}}
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    return str(tmp_path)
+
+
+def full_chats(n: int = 12) -> list[dict]:
+    """Sharegpt ranking rows whose `conversations` wrongly include the final answer (even turns); every 4th is fine."""
+    rows = []
+    for i in range(n):
+        turns = [{"from": "human", "value": f"hi {i}"}, {"from": "gpt", "value": "hello"},
+                 {"from": "human", "value": "a joke?"}, {"from": "gpt", "value": "no"}]  # fmt: skip
+        rows.append(
+            {
+                "conversations": turns if i % 4 != 3 else turns[:3],
+                "chosen": {"from": "gpt", "value": "a good joke"},
+                "rejected": {"from": "gpt", "value": "no"},
+            }
+        )
+    return rows
+
+
+def test_the_hosts_reason_is_named_once_per_dataset_without_a_flood(tiny_assets, tmp_path) -> None:
+    """Even turn counts and a role tag out of place: each cause once, with its rows, and none of the host's per-row
+    warnings on the console."""
+    rows = full_chats()
+    rows[3]["conversations"][1]["from"] = "human"  # a valid count, but two user turns in a row
+    config = base_config(tiny_assets, tmp_path / "o", dataset="chats", dataset_dir=_sharegpt(tmp_path, "chats", rows),
+                         eval_dataset=None, do_eval=False)  # fmt: skip
+    result = run_cli(config, tmp_path)
+    log = result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("simpo-plugin: error:")]
+    assert result.returncode != 0 and len(errors) == 1, log[-2000:]
+    assert "Dataset `chats`: 10 of 12 rows are not usable preference pairs." in errors[0]
+    assert "the conversation has an even number of turns" in errors[0] and "(9 rows: 0, 1, 2, 4, 5, " in errors[0]
+    assert "a turn's role is not the one expected at its place" in errors[0] and "(row 3)" in errors[0]
+    assert "Invalid message count" not in log and "Invalid role tag" not in log and "Traceback" not in log
+
+
+def test_pairs_names_the_same_cause(tiny_assets, tmp_path) -> None:
+    """What `simpo-plugin pairs|eval` read: the same cause for the same rows."""
+    from llamafactory.data import get_template_and_fix_tokenizer
+    from llamafactory.model import load_tokenizer
+
+    from simpo_plugin.generation import load_prompts
+    from simpo_plugin.generation.args import parse_pairs_args
+
+    config = {"model_name_or_path": str(tiny_assets["model"]), "dataset": "chats", "template": "default",
+              "dataset_dir": _sharegpt(tmp_path, "chats", full_chats(4)), "reward_function": "os:getcwd",
+              "output_dir": str(tmp_path / "pairs")}  # fmt: skip
+    _, model_args, data_args = parse_pairs_args(config)
+    tokenizer = load_tokenizer(model_args)["tokenizer"]
+    prompts = load_prompts(model_args, data_args, get_template_and_fix_tokenizer(tokenizer, data_args), tokenizer)
+    assert len(prompts.prompts) == 1 and len(prompts.unusable) == 3
+    assert all("the conversation has an even number of turns" in line for line in prompts.unusable)

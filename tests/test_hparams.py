@@ -125,6 +125,12 @@ def test_help_lists_simpo_keys_after_the_hosts(flag: str) -> None:
         assert f"--{field.name}" in ours, field.name
         words = " ".join(field.metadata["help"].split())
         assert textwrap.shorten(words, 60, placeholder="") in flat, field.name
+    host_part = " ".join(out[:section].split())
+    assert "SimPO's beta, the reward scale (the paper uses 2-10) (`stage: simpo`) (default: 2.0)" in host_part
+    assert "(2 x 0.5 by default) (`stage: simpo`) (default: 1.0)" in host_part  # gamma as the stage resolves it
+    assert "--pref_loss" not in out[:section] and "--ld_alpha" not in out[:section]  # refused keys: not offered
+    assert "Host keys that `stage: simpo` refuses" in ours and "--pref_loss: SimPO has its own loss switch" in ours
     host = subprocess.run([str(BIN_DIR / "llamafactory-cli"), "train", "--stage", "dpo", flag], env=cli_env(),
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert host.returncode == 0 and "simpo_gamma_beta_ratio" not in host.stdout  # other stages: the host's help only
+    assert "--pref_loss" in host.stdout and "(default: 0.1)" in " ".join(host.stdout.split())  # left as they were

@@ -1,6 +1,7 @@
 """The package's layers and the rule between them, read from the imports (ast, nothing is run).
 
-Layers: ``lean`` (the math: forward and loss, pure torch), ``generation`` (sampling, scoring, pairs, probes),
+Layers: ``lean`` (the math: forward and loss, pure torch), ``data`` (reading datasets the host's way: names, the
+bundled datasets, rows with the host's reasons), ``generation`` (sampling, scoring, pairs, probes),
 ``train`` (the stage: arguments, workflow, trainer, callbacks) and ``host`` (the glue to LLaMA-Factory); at the top
 ``_startup`` (what the ``.pth`` line runs), the neutral ``errors`` and ``exits``, ``cli`` and ``testing``. Every
 import counts, including those under ``TYPE_CHECKING`` and inside functions.
@@ -16,7 +17,7 @@ import simpo_plugin
 
 
 PACKAGE = Path(simpo_plugin.__file__).resolve().parent
-LAYERS = ("lean", "generation", "train", "host")
+LAYERS = ("lean", "data", "generation", "train", "host")
 HEAVY = ("torch", "transformers", "llamafactory", "wrapt", "gradio", "deepspeed")
 # (which modules, what they must not import, why)
 RULES = [
@@ -24,6 +25,8 @@ RULES = [
      "the math knows no stage, host glue, generation or LLaMA-Factory"),
     ("simpo_plugin.generation", ("simpo_plugin.train", "simpo_plugin.host"),
      "generation knows no stage and no host glue"),
+    ("simpo_plugin.data", ("simpo_plugin.train", "simpo_plugin.host", "simpo_plugin.generation", "simpo_plugin.lean"),
+     "reading datasets knows no stage, host glue, generation or math"),
     ("simpo_plugin.train.hparams", ("simpo_plugin.host", "gradio"), "the stage's arguments never import the web UI"),
     ("simpo_plugin.train.workflow", ("simpo_plugin.host", "gradio"), "the workflow never imports the web UI"),
     ("simpo_plugin.train.trainer", ("simpo_plugin.host", "gradio"), "the trainer never imports the web UI"),
@@ -128,6 +131,7 @@ INJECTIONS = {
     "train/workflow.py": "import gradio\n",
     "_startup.py": "def heavy():\n    import torch\n",
     "train/probing.py": "from ..generation.probes import GenerationProbe\n",
+    "data/rows.py": "from ..train.hparams import SimPOConfig\n",
 }
 
 

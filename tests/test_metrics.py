@@ -45,3 +45,16 @@ def test_summarize_with_empty_and_unended_answers() -> None:
     assert metrics["distinct_2"] == pytest.approx(6 / 9)  # 5 distinct of 5 + 1 of 4 -> 6 unique of 9
     assert metrics["reward"] == 0.0 and metrics["win_rate"] == pytest.approx(0.5)
     assert "reward" not in summarize(answers) and summarize([]) == {}
+
+
+def test_degenerate_answers_are_not_scored_as_perfect() -> None:
+    """One word each, the same word: no distinct-2 (too few pairs to measure), every answer a duplicate."""
+    collapsed = [Generated(f"{noise} accurate.", 4, True) for noise in ("\ufffd", "\ufffd\ufffd", "", "!")] * 2
+    metrics = summarize(collapsed)
+    assert "distinct_2" not in metrics
+    assert metrics["duplicate_rate"] == 1.0 and metrics["words"] == 1.0
+    varied = summarize([Generated("a b c", 3, True), Generated("a b d", 3, True), Generated("a b c", 3, True)] * 3)
+    assert varied["duplicate_rate"] == 1.0 and varied["distinct_2"] == pytest.approx(3 / 18)
+    few = [Generated("a b c", 3, True), Generated("a b d", 3, True), Generated("a b c", 3, True)]
+    assert "duplicate_rate" not in summarize(few)  # 3 answers: two agreeing says nothing
+    assert "distinct_2" not in summarize([Generated("x y", 2, True), Generated("z", 1, True)])  # 1 pair, 2 answers

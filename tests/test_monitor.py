@@ -112,3 +112,26 @@ def test_setup_hint_for_small_batch_and_high_lr(tmp_path, caplog) -> None:
     assert not hint(8, 16, 1, 1e-5)  # 128
     assert not hint(2, 2, 8, 1e-5)  # 32 = 2 x 2 x 8
     assert not hint(8, 1, 1, 1e-6)
+
+
+def probe(words: float, duplicates: float, length: float = 20.0) -> dict:
+    return {**probe_log(length, 1.0, 0.0), "probe/words": words, "probe/duplicate_rate": duplicates}
+
+
+@pytest.mark.parametrize(
+    ("logs", "expected"),
+    [
+        (
+            [probe(24.0, 0.0), probe(20.0, 0.125), probe(1.0, 1.0, length=4.0)],
+            ["duplicates", "length_drift", "short_answers"],
+        ),
+        ([probe(24.0, 0.0), probe(12.0, 0.6)], ["duplicates"]),  # the same answer everywhere, still long
+        ([probe(24.0, 0.5), probe(20.0, 0.75)], []),  # duplicates from the start: not a collapse of this run
+        ([probe(5.0, 0.0), probe(2.0, 0.0)], []),  # short from the start
+        ([probe(24.0, 0.0), probe(4.0, 0.0)], []),  # shorter, but above the few-words line
+    ],
+)
+def test_answers_collapsing_to_one_or_to_a_word_warn(tmp_path, logs, expected) -> None:
+    fired, control = feed(CollapseMonitor(str(tmp_path), True), logs)
+    assert sorted(fired) == expected
+    assert control.should_training_stop is bool(expected)

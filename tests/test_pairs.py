@@ -198,6 +198,11 @@ def test_console_script_reports_bad_input_in_one_line(tmp_path) -> None:
         "simpo-plugin pairs: error: Unknown key `num_sampels` for `simpo-plugin pairs`. Did you mean `num_samples`? "
         "Run `simpo-plugin pairs --help` for the keys."
     )
+    (tmp_path / "pairs.yaml").write_text("output_dir: o\nnum_sampels: 3\n")
+    from_file = subprocess.run([script, "pairs", "pairs.yaml"], env=cli_env(), cwd=tmp_path, capture_output=True,
+                               text=True, timeout=300)  # fmt: skip
+    assert from_file.returncode == 2 and "Did you mean `num_samples`?" in from_file.stderr
+    assert from_file.stderr.strip().endswith(f"(config: {tmp_path / 'pairs.yaml'})")
     helped = subprocess.run([script, "pairs", "--help"], env=cli_env(), capture_output=True, text=True, timeout=300)
     assert helped.returncode == 0 and "min_score_gap" in helped.stdout and "model_name_or_path" in helped.stdout
     assert os.path.basename(script) == "simpo-plugin"

@@ -81,6 +81,5 @@ def test_example_pairs_are_real_answers_and_train(smollm2, tmp_path) -> None:
                     max_new_tokens=32, output_dir=str(tmp_path / "eval"),
                     reward_function=f"{EXAMPLE / 'rewards.py'}:concise_answer")  # fmt: skip
     results = evaluate_models(evaluate)
-    assert set(results[str(tmp_path / "simpo")]) == {"length", "eos_rate", "repeat_4", "distinct_2", "reward",
-                                                      "win_rate"}  # fmt: skip
+    assert {"length", "eos_rate", "repeat_4", "words", "reward", "win_rate"} <= set(results[str(tmp_path / "simpo")])
     assert "| prompt |" in (tmp_path / "eval" / "eval_report.md").read_text()

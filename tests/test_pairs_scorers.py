@@ -117,7 +117,7 @@ def bad_run(capsys, config: dict) -> str:
         ({"reward_function": f"{REWARDS}:missing"}, "has no attribute 'missing'"),
         ({"backend": "vllm"}, "`backend: vllm` needs"),
         ({"backend": "tpu"}, "`backend` must be one of auto, vllm, hf"),
-        ({"dataset": "nope"}, "`dataset`: Undefined dataset nope"),
+        ({"dataset": "nope"}, "Dataset `nope` (`dataset`) is not registered in "),
     ],
 )
 def test_bad_config_is_one_line(tiny_assets, prompt_dir, tmp_path, capsys, overrides, message) -> None:
@@ -130,7 +130,10 @@ def test_bad_inputs_found_while_running_are_one_line(tiny_assets, prompt_dir, tm
     info["no_prompts"] = {"file_name": "no_prompts.json", "formatting": "sharegpt"}
     (prompt_dir / "dataset_info.json").write_text(json.dumps(info))
     config = pairs_config(tiny_assets["model"], prompt_dir, tmp_path / "a", dataset="no_prompts")
-    assert "Dataset `no_prompts` has no usable prompts (`no_prompts` row 0: no prompt" in bad_run(capsys, config)
+    assert (
+        "Dataset `no_prompts` has no usable prompts (`no_prompts` row 0: the conversation has an odd number of turns"
+        in (bad_run(capsys, config))
+    )
 
     config = pairs_config(tiny_assets["model"], prompt_dir, tmp_path / "b", reward_function=None,
                           reward_model=str(tiny_assets["model"]))  # fmt: skip

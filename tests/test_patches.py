@@ -96,10 +96,10 @@ def test_get_train_args_wrapper_relabels_only_registered_stages() -> None:
     registry.register(Stage("toy", run=print, args_class=ToyArgs, resolve=lambda a, keys, *rest: (a, keys), label="T"))
     wrapped = wrap_get_train_args(original, registry)
 
-    finetuning_args = wrapped({"stage": "toy", "toy_knob": 3, "lr": 1})[3]
-    assert seen[-1] == {"stage": "toy", "lr": 1}  # the host never sees the stage's own keys
+    finetuning_args = wrapped({"stage": "toy", "toy_knob": 3, "learning_rate": 1})[3]
+    assert seen[-1] == {"stage": "toy", "learning_rate": 1}  # the host never sees the stage's own keys
     assert finetuning_args.stage == CARRIER_STAGE and finetuning_args.plugin_stage == "toy"
-    assert finetuning_args.stage_args == (ToyArgs(toy_knob=3), {"stage", "toy_knob", "lr"})
+    assert finetuning_args.stage_args == (ToyArgs(toy_knob=3), {"stage", "toy_knob", "learning_rate"})
 
     finetuning_args = wrapped({"stage": "sft", "toy_knob": 3})[3]
     assert seen[-1] == {"stage": "sft", "toy_knob": 3} and finetuning_args.stage == "sft"

@@ -10,7 +10,7 @@ from pairs_cases import REWARDS
 from simpo_plugin.testing import preference_rows, write_preference_dataset
 
 
-PROBE_KEYS = {"probe/length", "probe/eos_rate", "probe/repeat_4", "probe/distinct_2"}
+PROBE_KEYS = {"probe/length", "probe/eos_rate", "probe/repeat_4", "probe/duplicate_rate", "probe/words"}
 
 
 def probes_of(output_dir: Path) -> list[dict]:
@@ -23,14 +23,15 @@ def read_jsonl(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def healthy(tiny_assets, tmp_path_factory) -> dict:
-    """The demo task for one epoch (32 steps) with probes every 16 steps and a function scorer, and without probes."""
+    """The demo task for one epoch (32 steps) with probes every 16 steps and a function scorer, and without probes,
+    at a learning rate that learns the preference (accuracy 1.0) without collapsing: 1e-4, not the demo's 1e-3."""
     root = tmp_path_factory.mktemp("healthy")
     probed = base_config(tiny_assets, root / "probed", simpo_probe_steps=16, simpo_probe_prompts=8,
-                         simpo_probe_max_new_tokens=24, plot_loss=True,
+                         simpo_probe_max_new_tokens=24, plot_loss=True, learning_rate=1e-4,
                          simpo_probe_reward_function=f"{REWARDS}:distinct_chars")  # fmt: skip
     result = run_cli(probed, root / "probed")
     assert result.returncode == 0, result.stderr[-3000:]
-    plain = run_cli(base_config(tiny_assets, root / "plain", simpo_probe_steps=0), root / "plain")
+    plain = run_cli(base_config(tiny_assets, root / "plain", simpo_probe_steps=0, learning_rate=1e-4), root / "plain")
     assert plain.returncode == 0, plain.stderr[-3000:]
     return {"out": root / "probed", "plain": root / "plain", "log": result.stdout + result.stderr}
 
@@ -81,8 +82,8 @@ def test_collapse_is_named_stopped_saved_and_resumable(tiny_assets, loop_data, t
     assert "simpo-plugin: warning at step 4: repeated 4-grams in probe answers rose from" in log
     assert "simpo-plugin: error: training stopped at step 4 on the `repetition` warning" in log
     assert f"resume_from_checkpoint: {tmp_path / 'out' / 'checkpoint-4'}" in log and "Traceback" not in log
-    (warning,) = read_jsonl(tmp_path / "out" / "simpo_warnings.jsonl")
-    assert (warning["step"], warning["warning"]) == (4, "repetition")
+    warnings = read_jsonl(tmp_path / "out" / "simpo_warnings.jsonl")  # the loop is also one answer for every prompt
+    assert [(w["step"], w["warning"]) for w in warnings] == [(4, "repetition"), (4, "duplicates")]
     assert {e["step"] for e in log_history(tmp_path / "out") if "warning/repetition" in e} == {4}
 
     from transformers import AutoModelForCausalLM
@@ -94,7 +95,28 @@ def test_collapse_is_named_stopped_saved_and_resumable(tiny_assets, loop_data, t
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "out" / "trainer_state.json").read_text())["global_step"] == 12
     assert [e["step"] for e in probes_of(tmp_path / "out")] == [0, 4, 8, 12]  # step 4 was probed before the stop
-    assert len(read_jsonl(tmp_path / "out" / "simpo_warnings.jsonl")) == 1  # named once, not again after resume
+    assert len(read_jsonl(tmp_path / "out" / "simpo_warnings.jsonl")) == 2  # named once, not again after resume
+
+
+def test_the_demo_collapses_and_says_so_live(tiny_assets, tmp_path) -> None:
+    """The demo's learning rate (1e-3) on the same task: every probe prompt gets the same one-word answer. The
+    warnings name it, and LLaMA Board's live file (trainer_log.jsonl) carries the probe numbers and the warnings."""
+    config = base_config(tiny_assets, tmp_path / "out", do_eval=False, simpo_probe_steps=16, simpo_probe_prompts=8,
+                         simpo_probe_max_new_tokens=24)  # fmt: skip
+    result = run_cli(config, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert "got the same answer as another prompt" in log and "probe answers shrank to" in log
+    last = probes_of(tmp_path / "out")[-1]
+    assert last["probe/duplicate_rate"] == 1.0 and last["probe/words"] <= 3 and "probe/distinct_2" not in last
+    live = read_jsonl(tmp_path / "out" / "trainer_log.jsonl")
+    probed = [row for row in live if "probe/length" in row]
+    assert [row["current_steps"] for row in probed] == [0, 16, 32]
+    assert probed[-1]["probe/duplicate_rate"] == last["probe/duplicate_rate"]
+    assert {key for row in live for key in row if key.startswith("warning/")} == {
+        "warning/duplicates",
+        "warning/short_answers",
+    }
 
 
 def test_two_ranks_log_the_probes_of_one_process(tiny_assets, tmp_path) -> None:
@@ -108,6 +130,8 @@ def test_two_ranks_log_the_probes_of_one_process(tiny_assets, tmp_path) -> None:
     single, ranks = probes_of(tmp_path / "one"), probes_of(tmp_path / "two")
     assert [e["step"] for e in ranks] == [0, 2, 4]
     for a, b in zip(single, ranks, strict=True):
-        assert {k: a[k] for k in PROBE_KEYS} == pytest.approx({k: b[k] for k in PROBE_KEYS}, rel=1e-6)
+        keys = {k for k in a if k.startswith("probe/")}  # 7 prompts: too few for probe/duplicate_rate
+        assert keys == {k for k in b if k.startswith("probe/")} and keys >= PROBE_KEYS - {"probe/duplicate_rate"}
+        assert {k: a[k] for k in keys} == pytest.approx({k: b[k] for k in keys}, rel=1e-6)
     generations = read_jsonl(tmp_path / "two" / "generations.jsonl")
     assert sorted(g["index"] for g in generations if g["step"] == 4) == list(range(7))  # 4 + 3 (+1 padding) rows

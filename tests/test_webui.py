@@ -107,3 +107,11 @@ def test_saved_ui_config_keeps_simpo_values(board, tmp_path, monkeypatch) -> Non
     for elem_id, value in overrides.items():
         if elem_id.startswith("train.simpo") or elem_id == "train.training_stage":
             assert restored[elem_id] == value, elem_id
+
+
+def test_switching_the_margin_unit_converts_its_value() -> None:
+    from simpo_plugin.host.webui import convert_margin
+
+    assert convert_margin("gamma", 0.5, 2.5) == 1.25  # gamma/beta 0.5 at beta 2.5 is gamma 1.25
+    assert convert_margin("gamma/beta", 1.25, 2.5) == 0.5
+    assert convert_margin("gamma", 0.3, 0.0) == 0.3  # no beta yet: left as it is

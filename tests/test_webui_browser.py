@@ -81,19 +81,34 @@ def test_browser_preview_shows_a_simpo_command(webui, tiny_assets) -> None:
             beta = page.locator("input[type=number][aria-label*='SimPO beta']")
             beta.fill("3.5")
             beta.press("Enter")
+            margin = page.locator("input[type=number][aria-label*='Target margin']")
+            expect(margin).to_have_value("0.5")
+            page.get_by_label("Margin given as", exact=True).click()
+            page.get_by_role("option", name="gamma", exact=True).click()
+            expect(margin).to_have_value("1.75", timeout=30_000)  # gamma = (gamma/beta) x beta: the unit converts
             page.get_by_role("button", name="Preview command").click()
             page.get_by_text("--stage simpo").wait_for(timeout=60_000)
             command = page.locator("code").filter(has_text="--stage simpo").inner_text()
             page.screenshot(path=str(ARTIFACTS / "webui_simpo_preview.png"), full_page=True)
+            simpo_only = page.locator("input[type=number][aria-label*='SimPO beta']")
             stage.click()
             page.get_by_role("option", name="DPO", exact=True).click()
-            for widget in dpo_only:  # back to DPO: its widgets are shown again
+            for widget in dpo_only:  # back to DPO: its widgets are shown again ...
                 expect(widget).to_be_visible(timeout=30_000)
+            expect(simpo_only).to_be_hidden(timeout=30_000)  # ... and SimPO's are not
             page.screenshot(path=str(ARTIFACTS / "webui_dpo_widgets.png"), full_page=True)
+            stage.click()
+            page.get_by_role("option", name="SimPO").click()
+            expect(simpo_only).to_be_visible(timeout=30_000)
+            for widget in dpo_only:
+                expect(widget).to_be_hidden(timeout=30_000)
+            page.get_by_label("Model name", exact=True).scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "webui_simpo.png"), full_page=True)
         finally:
             browser.close()
     assert "--pref_beta 3.5" in command
-    assert "--simpo_gamma_beta_ratio 0.5" in command and "--pref_loss" not in command
+    assert "--simpo_gamma 1.75" in command and "--simpo_gamma_beta_ratio" not in command
+    assert "--pref_loss" not in command
 
 
 def test_a_run_started_from_the_ui_trains_the_tiny_model(tiny_assets, tmp_path, monkeypatch) -> None:

@@ -112,6 +112,9 @@ def test_dpo_is_untouched_by_the_plugin(tiny_assets, tmp_path) -> None:
 def test_disabled_plugin_leaves_stage_unknown(tiny_assets, tmp_path) -> None:
     result = run_cli(base_config(tiny_assets, tmp_path / "o"), tmp_path, env=cli_env(SIMPO_PLUGIN_DISABLE="1"))
     assert result.returncode != 0 and "Unknown task: simpo" in result.stderr
+    with_keys = base_config(tiny_assets, tmp_path / "k", simpo_gamma_beta_ratio=0.5)  # as docs/simpo.md says
+    result = run_cli(with_keys, tmp_path, env=cli_env(SIMPO_PLUGIN_DISABLE="1"))
+    assert result.returncode != 0 and "Some keys are not used by the HfArgumentParser" in result.stderr
 
 
 def _bad_dataset(dataset_dir: Path, name: str, rows: list, ranking: bool = True) -> None:
@@ -129,7 +132,7 @@ def _bad_dataset(dataset_dir: Path, name: str, rows: list, ranking: bool = True)
     ("name", "rows", "ranking", "message"),
     [
         ("sft_only", [{"instruction": "hi", "output": "yo"}] * 4, False, "is not a preference dataset"),
-        ("no_pairs", [{"instruction": "hi", "input": "", "output": "yo"}] * 4, True, "has no column 'chosen'"),
+        ("no_pairs", [{"instruction": "hi", "input": "", "output": "yo"}] * 4, True, "names the column 'chosen'"),
         ("empty", [], True, "is empty"),
     ],
 )
@@ -180,3 +183,50 @@ def test_fast_paths_train_exactly_like_the_plain_path(tiny_assets, tmp_path) -> 
     for name in ("default", "shared_rows", "padding_free"):
         # rel: float reassociation over a 6-step trajectory; abs: transformers 4.x logs `loss` rounded to 4 decimals
         assert losses[name] == pytest.approx(losses["plain"], rel=1e-4, abs=1.01e-4), name
+
+
+MISTAKES = [
+    ({"simpo_gama": 1.0}, "Unknown key `simpo_gama` (did you mean `simpo_gamma`?) in {config}"),
+    ({"learnin_rate": 1.0}, "Unknown key `learnin_rate` (did you mean `learning_rate`?) in {config}"),
+    ({"stage": "simpoo", "simpo_gamma_beta_ratio": 0.5},
+     "Unknown stage `simpoo` in {config} (did you mean `simpo`?)"),
+    ({"dataset": "simpo_synthtic"},
+     "Dataset `simpo_synthtic` (`dataset`) is not registered in {info} (it registers: "),
+    ({"dataset_dir": "{tmp}/nowhere"},
+     "there is no {tmp}/nowhere/dataset_info.json (`dataset_dir: {tmp}/nowhere`)"),
+    ({"max_samples": 0}, "`max_samples: 0` leaves no rows to train on"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("overrides", "message"), MISTAKES)
+def test_config_mistakes_name_the_key_the_file_and_the_closest_name(tiny_assets, tmp_path, overrides, message) -> None:
+    overrides = {key: value.replace("{tmp}", str(tmp_path)) if isinstance(value, str) else value
+                 for key, value in overrides.items()}  # fmt: skip
+    result = run_cli(base_config(tiny_assets, tmp_path / "o", **overrides), tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("simpo-plugin: error:")]
+    expected = message.format(config=tmp_path / "config.yaml", tmp=tmp_path,
+                              info=Path(tiny_assets["dataset_dir"]).resolve() / "dataset_info.json")  # fmt: skip
+    assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
+    if overrides.get("dataset") == "simpo_synthtic":
+        assert "did you mean `simpo_synthetic`" in errors[0]
+
+
+def test_keys_the_stage_ignores_are_named_with_what_it_does_instead(tiny_assets, tmp_path) -> None:
+    config = base_config(tiny_assets, tmp_path / "o", packing=True, temperature=0.7, max_steps=1,
+                         do_eval=False, eval_dataset=None, simpo_probe_steps=0)  # fmt: skip
+    result = run_cli(config, tmp_path)
+    assert_ok(result)
+    log = result.stdout + result.stderr
+    assert log.count("simpo-plugin: `packing: True` is ignored by `stage: simpo`: preference pairs are never") == 1
+    assert log.count("`temperature: 0.7` is ignored by `stage: simpo`: the generation probes decode greedily") == 1
+
+
+def test_a_bundled_dataset_is_reachable_by_name(tiny_assets, tmp_path) -> None:
+    """The README's config for a pip user: `dataset: simpo_demo` with no dataset_info.json of one's own."""
+    config = base_config(tiny_assets, tmp_path / "o", dataset="simpo_demo", dataset_dir="data", eval_dataset=None,
+                         do_eval=False, max_steps=2, logging_steps=1, simpo_probe_steps=0)  # fmt: skip
+    result = run_cli(config, tmp_path)
+    assert_ok(result)
+    assert "Datasets simpo_demo: the plugin's bundled" in result.stdout + result.stderr
+    assert len([e for e in log_history(tmp_path / "o") if "loss" in e]) == 2

@@ -11,6 +11,8 @@ COLUMNS = {
     "eos_rate": "ended (EOS/stop)",
     "repeat_4": "repeated 4-grams",
     "distinct_2": "distinct-2",
+    "duplicate_rate": "same answer as another prompt",
+    "words": "mean words",
     "reward": "mean reward",
     "win_rate": "win rate vs reference",
 }
@@ -42,7 +44,7 @@ def render_eval(
         "|---|" + "---|" * len(keys),
     ]
     for model in models:
-        cells = [f"{results[model].get(key, float('nan')):.4g}" for key in keys]
+        cells = [f"{results[model][key]:.4g}" if key in results[model] else "n/a" for key in keys]
         lines.append(f"| `{model}` | " + " | ".join(cells) + " |")
     if show:
         lines += ["", f"## The first {min(show, len(prompts))} prompts side by side", ""]

@@ -8,6 +8,7 @@ processor computes for a training pair, so generation and training see the same 
 system prompt).
 """
 
+import copy
 import hashlib
 import itertools
 import json
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+from ..data import check_registered, converted_rows, converter_warnings, resolve_dataset_dir
 from .args import PairsConfigError
 
 
@@ -108,44 +110,49 @@ def load_prompts(
 
     loader_args = SimpleNamespace(local_process_index=0, dataloader_num_workers=1, seed=0)  # 1 stream shard
     result, seen = PromptSet(), set()
-    try:
-        attrs = get_dataset_list(data_args.dataset, data_args.dataset_dir)
-    except ValueError as exc:
-        raise PairsConfigError(f"`dataset`: {exc} (dataset_dir: {data_args.dataset_dir})") from exc
-    for name, attr in zip(data_args.dataset, attrs, strict=True):
-        try:
-            rows = _load_single_dataset(attr, model_args, data_args, loader_args)
-        except (KeyError, ValueError) as exc:
-            raise PairsConfigError(
-                f"Dataset `{name}` could not be read: {exc!r}; check its dataset_info.json entry."
-            ) from exc
-        usable = 0
-        for index, row in enumerate(itertools.islice(rows, max_rows)):
-            result.rows += 1
-            problem = row_problem(row)
-            if problem is not None:
-                result.unusable.append(f"`{name}` row {index}: {problem}")
-                continue
-            usable += 1
-            messages = [{"role": m["role"], "content": m["content"]} for m in row["_prompt"]]
-            system, tools = row.get("_system") or "", row.get("_tools") or ""
-            key = prompt_key(messages, system, tools)
-            if key in seen:
-                result.duplicates += 1
-                continue
-            seen.add(key)
-            ids = render_prompt(template, tokenizer, messages, system, tools)
-            if len(ids) > data_args.cutoff_len:
-                result.too_long += 1
-                result.shortest_too_long = min(result.shortest_too_long or len(ids), len(ids))
-                continue
-            result.prompts.append(Prompt(key, messages, system, tools, ids, f"{name}#{index}"))
-        if not usable:
-            shown = "; ".join(result.unusable[-SHOWN_ROWS:])
-            raise PairsConfigError(
-                f"Dataset `{name}` has no usable prompts ({shown or 'it is empty'}). Give it a prompt column "
-                "(alpaca `instruction`) or conversations that end with a user turn (+ the answer being replaced)."
-            )
+    data_args = copy.copy(data_args)
+    data_args.dataset_dir = resolve_dataset_dir(list(data_args.dataset), data_args.dataset_dir)
+    check_registered(list(data_args.dataset), data_args.dataset_dir)
+    attrs = get_dataset_list(data_args.dataset, data_args.dataset_dir)
+    with converter_warnings():  # a streaming dataset is converted as it is read: no per-row flood
+        for name, attr in zip(data_args.dataset, attrs, strict=True):
+            reasons: dict[int, str] = {}
+            try:
+                if data_args.streaming:  # converted as it is read
+                    rows = _load_single_dataset(attr, model_args, data_args, loader_args)
+                else:
+                    rows, reasons = converted_rows(attr, model_args, data_args, loader_args)
+            except (KeyError, ValueError) as exc:
+                raise PairsConfigError(
+                    f"Dataset `{name}` could not be read: {exc!r}; check its dataset_info.json entry."
+                ) from exc
+            usable = 0
+            for index, row in enumerate(itertools.islice(rows, max_rows)):
+                result.rows += 1
+                problem = reasons.get(index) or row_problem(row)
+                if problem is not None:
+                    result.unusable.append(f"`{name}` row {index}: {problem}")
+                    continue
+                usable += 1
+                messages = [{"role": m["role"], "content": m["content"]} for m in row["_prompt"]]
+                system, tools = row.get("_system") or "", row.get("_tools") or ""
+                key = prompt_key(messages, system, tools)
+                if key in seen:
+                    result.duplicates += 1
+                    continue
+                seen.add(key)
+                ids = render_prompt(template, tokenizer, messages, system, tools)
+                if len(ids) > data_args.cutoff_len:
+                    result.too_long += 1
+                    result.shortest_too_long = min(result.shortest_too_long or len(ids), len(ids))
+                    continue
+                result.prompts.append(Prompt(key, messages, system, tools, ids, f"{name}#{index}"))
+            if not usable:
+                shown = "; ".join(result.unusable[-SHOWN_ROWS:])
+                raise PairsConfigError(
+                    f"Dataset `{name}` has no usable prompts ({shown or 'it is empty'}). Give it a prompt column "
+                    "(alpaca `instruction`) or conversations that end with a user turn (+ the answer being replaced)."
+                )
     if not result.prompts:
         raise PairsConfigError(
             f"No prompt fits `cutoff_len` ({data_args.cutoff_len} tokens, the prompt budget): "

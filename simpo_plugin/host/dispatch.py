@@ -10,13 +10,16 @@ doing everything else it does for its stages: callbacks, the Ray path and proces
 import argparse
 import functools
 import sys
-from collections.abc import Callable
-from dataclasses import fields
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import Field, fields
+from types import MappingProxyType
 from typing import Any
 
 from transformers import HfArgumentParser
 
-from .registry import REGISTRY, StageRegistry
+from .config_keys import check_keys, check_stage, warn_ignored
+from .registry import HOST_STAGES, REGISTRY, Stage, StageRegistry
 
 
 CARRIER_STAGE = "dpo"
@@ -59,17 +62,20 @@ def wrap_get_train_args(original: Callable[..., tuple], registry: StageRegistry 
     def get_train_args(args: RawArgs | None = None) -> tuple:
         raw = read_args(args)
         name = requested_stage(raw)
+        check_stage(name, set(HOST_STAGES) | set(registry.names()))
         if name not in registry:
             return original(raw)
         if "-h" in raw or "--help" in raw:
             return _help_with_stage_keys(original, raw, name, registry)
 
         stage = registry.get(name)
+        check_keys(raw, stage.args_class, name)
         host_raw, stage_args = split_stage_args(raw, stage.args_class)
         model_args, data_args, training_args, finetuning_args, generating_args = original(host_raw)
         finetuning_args.stage_args = stage.resolve(
             stage_args, given_keys(raw), model_args, data_args, training_args, finetuning_args
         )
+        warn_ignored(given_keys(raw), stage, model_args, data_args, training_args, finetuning_args, generating_args)
         finetuning_args.plugin_stage = name
         finetuning_args.stage = CARRIER_STAGE
         return model_args, data_args, training_args, finetuning_args, generating_args
@@ -78,21 +84,51 @@ def wrap_get_train_args(original: Callable[..., tuple], registry: StageRegistry 
 
 
 def stage_help(name: str, registry: StageRegistry = REGISTRY) -> str:
-    """The help text of a plugin stage's own keys, in the host's argparse format."""
+    """The help text of a plugin stage's own keys, in the host's argparse format, then the host keys it refuses."""
+    stage = registry.get(name)
     parser = HfArgumentParser(
-        registry.get(name).args_class,
+        stage.args_class,
         prog="llamafactory-cli train",
         usage=argparse.SUPPRESS,
         add_help=False,
         description=f"Keys that `stage: {name}` adds to the ones above (they may also go in the YAML file):",
     )
-    return parser.format_help()
+    text = parser.format_help()
+    if stage.rejected_keys:
+        refused = "\n".join(f"  --{key}: {why}" for key, why in stage.rejected_keys.items())
+        text += f"\nHost keys that `stage: {name}` refuses (hidden above):\n{refused}\n"
+    return text
+
+
+@contextmanager
+def host_help_for(stage: Stage, classes: list[type]) -> Iterator[None]:
+    """While the host prints its help: the stage's own defaults for the host keys it sets, its refused keys hidden."""
+    changed: list[tuple[Field, Any, Any]] = []
+    for cls in classes:
+        for spec in fields(cls):
+            if spec.name in stage.host_defaults:
+                default, text = stage.host_defaults[spec.name]
+                changed.append((spec, spec.default, spec.metadata))
+                spec.default = default
+                spec.metadata = MappingProxyType({**spec.metadata, "help": f"{text} (`stage: {stage.name}`)"})
+            elif spec.name in stage.rejected_keys:
+                changed.append((spec, spec.default, spec.metadata))
+                spec.metadata = MappingProxyType({**spec.metadata, "help": argparse.SUPPRESS})
+    try:
+        yield
+    finally:
+        for spec, default, metadata in changed:
+            spec.default, spec.metadata = default, metadata
 
 
 def _help_with_stage_keys(original: Callable[..., tuple], raw: RawArgs, name: str, registry: StageRegistry) -> tuple:
-    """The host prints its own help and exits; the stage's keys follow, and the exit stays the host's."""
+    """The host prints its own help (with the stage's defaults) and exits; the stage's keys follow, and the exit
+    stays the host's."""
+    from .config_keys import host_train_classes
+
     try:
-        return original(raw)
+        with host_help_for(registry.get(name), host_train_classes()):
+            return original(raw)
     except SystemExit as exit_:
         sys.stdout.flush()
         print(f"\n{stage_help(name, registry)}")

@@ -24,6 +24,7 @@ HOST_HOOKS: dict[str, Callable[[ModuleType], bool]] = {
     "llamafactory.webui.interface": patches.patch_train_tab,
     "llamafactory.webui.runner": patches.patch_runner,
     "llamafactory.launcher": patches.patch_launcher,
+    "llamafactory.train.callbacks": patches.patch_log_callback,
 }
 _installed = False
 

@@ -10,6 +10,8 @@ Touch-points (LLaMA-Factory 0.9.x):
 - ``llamafactory.webui.locales.LOCALES``: the stages' widget labels in every UI language.
 - ``llamafactory.webui.interface.create_train_tab``: the Train tab gains each stage's widgets.
 - ``llamafactory.webui.runner.Runner._parse_train_args``: a plugin stage's widgets become its YAML keys.
+- ``llamafactory.train.callbacks.LogCallback.on_log``: ``trainer_log.jsonl`` rows (LLaMA Board's live view) also
+  carry a step's ``probe/*`` metrics and ``warning/*`` marks.
 - ``llamafactory.launcher.subprocess``: for a plugin stage, the torchrun child gets stop signals passed on
   (:mod:`simpo_plugin.host.launcher`).
 """
@@ -174,6 +176,38 @@ def unpatch_launcher(module: ModuleType | None = None) -> bool:
         return False
     module.subprocess = original
     return True
+
+
+LIVE_PREFIXES = ("probe/", "warning/")  # logged by plugin stages; LLaMA Board's live view reads trainer_log.jsonl
+
+
+def _with_live_metrics(original: Callable) -> Callable:
+    """``LogCallback.on_log`` whose ``trainer_log.jsonl`` row also carries the step's probe metrics and warnings."""
+
+    def on_log(self, args, state, control, **kwargs):  # noqa: ANN001, ANN202
+        latest = state.log_history[-1] if state.log_history else {}
+        extra = {key: value for key, value in latest.items() if key.startswith(LIVE_PREFIXES)}
+        if not extra:
+            return original(self, args, state, control, **kwargs)
+        write = type(self)._write_log
+        self._write_log = lambda output_dir, logs: write(self, output_dir, {**logs, **extra})
+        try:
+            return original(self, args, state, control, **kwargs)
+        finally:
+            del self._write_log
+
+    return on_log
+
+
+def patch_log_callback(module: ModuleType | None = None) -> bool:
+    module = module or sys.modules["llamafactory.train.callbacks"]
+    callback = _require(module, "LogCallback")
+    _require(callback, "_write_log")
+    return _wrap(callback, "on_log", _with_live_metrics)
+
+
+def unpatch_log_callback(module: ModuleType | None = None) -> bool:
+    return _unwrap((module or sys.modules["llamafactory.train.callbacks"]).LogCallback, "on_log")
 
 
 def _with_stage_args(original: Callable, registry: StageRegistry) -> Callable:

@@ -4,8 +4,8 @@ A stage is declared once, as a :class:`Stage` record under the ``llamafactory.st
 the host's dispatcher looks it up by name; no code anywhere branches on stage names.
 """
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
@@ -29,6 +29,12 @@ class Stage:
         label: name shown in the LLaMA Board stage dropdown.
         uses_pair_data: whether the stage trains on ranking (chosen/rejected) datasets.
         ui: its LLaMA Board widgets (a :class:`simpo_plugin.host.webui.StageUI`), or None for no web UI controls.
+        host_defaults: host keys whose value the stage sets differently when they are not given, as
+            ``key -> (default, help)``; ``--help`` shows these instead of the host's.
+        rejected_keys: host keys the stage refuses, as ``key -> what to use instead``; ``--help`` hides them and
+            lists them after the stage's own keys.
+        ignored_keys: host keys the stage accepts but does not use, as ``key -> what it does instead``; each given
+            with a value other than the host's default gets one warning.
     """
 
     name: str
@@ -38,6 +44,9 @@ class Stage:
     label: str
     uses_pair_data: bool = True
     ui: Any = None
+    host_defaults: Mapping[str, tuple[Any, str]] = field(default_factory=dict)
+    rejected_keys: Mapping[str, str] = field(default_factory=dict)
+    ignored_keys: Mapping[str, str] = field(default_factory=dict)
 
 
 class StageRegistry:

@@ -92,6 +92,23 @@ def simpo_train_args(get: Callable[[str], Any]) -> dict[str, Any]:
     }
 
 
+def convert_margin(mode: str, margin: float, beta: float) -> float:
+    """The margin's value in the unit just chosen: gamma = (gamma/beta) x beta, and back."""
+    if not beta:
+        return margin
+    return round(margin * beta if mode == "gamma" else margin / beta, 6)
+
+
+def wire_simpo_widgets(widgets: dict[str, Any]) -> None:
+    """Switching the margin's unit converts its value (a user's switch only: a loaded config keeps its numbers)."""
+    widgets["simpo_margin_mode"].input(
+        convert_margin,
+        [widgets["simpo_margin_mode"], widgets["simpo_margin"], widgets["simpo_beta"]],
+        [widgets["simpo_margin"]],
+        queue=False,
+    )
+
+
 @dataclass(frozen=True)
 class StageUI:
     """What a plugin stage shows in LLaMA Board."""
@@ -101,11 +118,12 @@ class StageUI:
     locales: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
     accordion: str = "simpo_tab"
     hides: tuple[str, ...] = ()  # host widgets that do not apply while this stage is chosen
+    wire: Callable[[dict[str, Any]], None] | None = None  # events between the stage's own widgets
 
 
 # The host's DPO beta, ftx weight and loss type: SimPO has its own beta and SFT weight, and its own loss.
 SIMPO_UI = StageUI(build=build_simpo_widgets, to_args=simpo_train_args, locales=SIMPO_LOCALES,
-                   hides=("pref_beta", "pref_ftx", "pref_loss"))  # fmt: skip
+                   hides=("pref_beta", "pref_ftx", "pref_loss"), wire=wire_simpo_widgets)  # fmt: skip
 
 
 def wrap_create_train_tab(original: Callable, stages: list) -> Callable:
@@ -128,18 +146,23 @@ def wrap_create_train_tab(original: Callable, stages: list) -> Callable:
 
         with elem_dict["rlhf_tab"]:
             for stage, built in per_stage:
-                with gr.Accordion(open=True) as accordion:
+                with gr.Accordion(open=True, visible=False) as accordion:  # shown while its stage is chosen
                     with gr.Row():
                         for widget in built.values():
                             widget.render()
                 elem_dict[stage.ui.accordion] = accordion
+                if stage.ui.wire is not None:
+                    stage.ui.wire(built)
         elem_dict.update(widgets)
 
-        labels = {stage.label for stage in stages}
-        elem_dict["training_stage"].change(  # choosing a plugin stage unfolds the accordion that holds its widgets
-            lambda label: gr.Accordion(open=True) if label in labels else gr.Accordion(),
+        labels = [stage.label for stage in stages]
+        elem_dict["training_stage"].change(  # each plugin stage's widgets show while it is chosen, and only then
+            lambda label: (
+                [gr.Accordion(open=True) if label in labels else gr.Accordion()]
+                + [gr.update(visible=label == own) for own in labels]
+            ),
             [elem_dict["training_stage"]],
-            [elem_dict["rlhf_tab"]],
+            [elem_dict["rlhf_tab"], *(elem_dict[stage.ui.accordion] for stage in stages)],
             queue=False,
         )
         hidden_by: dict[str, set[str]] = {}  # host widget -> labels of the stages that hide it

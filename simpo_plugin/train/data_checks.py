@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from llamafactory.data.parser import get_dataset_list
 from llamafactory.extras import logging
 
+from ..data import check_registered, converted_rows
 from ..errors import SimPOArgumentError
 
 
@@ -26,9 +27,11 @@ SHOWN_ROWS = 5
 
 
 def check_preference_datasets(data_args: "DataArguments") -> None:
-    """Fail before any model is loaded when a configured dataset is not a ranking (chosen/rejected) dataset."""
+    """Fail before any model is loaded when a configured dataset is not registered (naming the file read and the
+    closest names) or is not a ranking (chosen/rejected) dataset."""
     for key in ("dataset", "eval_dataset"):
         names = getattr(data_args, key) or []
+        check_registered(names, data_args.dataset_dir, key)
         for name, attr in zip(names, get_dataset_list(names, data_args.dataset_dir), strict=True):
             if not attr.ranking:
                 raise SimPOArgumentError(
@@ -49,6 +52,8 @@ def pair_problem(row: dict[str, Any]) -> str | None:
         return "chosen/rejected missing, null or not text"
     if not all(_is_text(message) for message in responses):
         return "chosen/rejected is null or not text"
+    if any(message.get("role") != "assistant" for message in responses):
+        return "chosen/rejected are not tagged as the assistant's answers (dataset_info.json `tags`: `assistant_tag`)"
     if not prompt or len(prompt) % 2 != 1 or not all(_is_text(message) for message in prompt):
         return "prompt missing, null, not text, or not ending with a user turn"
     return None
@@ -70,25 +75,32 @@ def _shown(items: list[str], sep: str = ", ") -> str:
     return sep.join(items[:SHOWN_ROWS]) + (f"{sep}... ({more} more)" if more > 0 else "")
 
 
-def check_rows(name: str, rows: Iterable[dict[str, Any]]) -> RowCounts:
-    """Raise on malformed rows or a dataset of blank responses only (naming dataset and rows); warn on the rest."""
-    bad: list[str] = []
+def check_rows(name: str, rows: Iterable[dict[str, Any]], reasons: dict[int, str] | None = None) -> RowCounts:
+    """Raise on malformed rows or a dataset of blank responses only (naming dataset and rows); warn on the rest.
+
+    Args:
+        reasons: the host converter's reason for each row it blanked, by index (``simpo_plugin.data.converted_rows``);
+            such a row is reported with that reason rather than with what is missing from it.
+    """
+    bad: dict[str, list[str]] = {}  # reason -> rows
     blank: list[str] = []
     count = identical = 0
     for index, row in enumerate(rows):
         count += 1
-        problem = pair_problem(row)
+        problem = (reasons or {}).get(index) or pair_problem(row)
         if problem is not None:
-            bad.append(f"row {index}: {problem}")
+            bad.setdefault(problem, []).append(str(index))
         elif is_blank_pair(row):
             blank.append(str(index))
         elif row["_response"][0]["content"] == row["_response"][1]["content"]:
             identical += 1
     if bad:
+        total = sum(len(indices) for indices in bad.values())
+        causes = "; ".join(f"{reason} ({'row' if len(ids) == 1 else f'{len(ids)} rows:'} {_shown(ids)})"
+                           for reason, ids in bad.items())  # fmt: skip
         raise SimPOArgumentError(
-            f"Dataset `{name}`: {len(bad)} of {count} rows are not usable preference pairs "
-            f"({_shown(bad, '; ')}). Fix or remove them: every row needs a prompt and a chosen "
-            "and a rejected response, as text."
+            f"Dataset `{name}`: {total} of {count} rows are not usable preference pairs. {causes}. Fix or remove "
+            "them: every row needs a prompt and a chosen and a rejected response, as text."
         )
     if blank and len(blank) == count:
         raise SimPOArgumentError(
@@ -112,14 +124,10 @@ def check_raw_datasets(model_args: "ModelArguments", data_args: "DataArguments",
     """Run :func:`check_rows` on every configured dataset; streaming datasets are checked after tokenization only."""
     if data_args.streaming:
         return
-    try:
-        from llamafactory.data.loader import _load_single_dataset
-    except ImportError:  # a host without this helper: the post-tokenization filter still runs
-        return
     for key in ("dataset", "eval_dataset"):
         names = getattr(data_args, key) or []
         for name, attr in zip(names, get_dataset_list(names, data_args.dataset_dir), strict=True):
-            check_rows(name, _load_single_dataset(attr, model_args, data_args, training_args))
+            check_rows(name, *converted_rows(attr, model_args, data_args, training_args))
 
 
 @contextmanager

@@ -23,7 +23,7 @@ LOSS_TYPES = ("sigmoid", "hinge")
 DEFAULT_PROBE_STEPS = 50
 
 # Host keys that only make sense for DPO; giving one under `stage: simpo` is an error, with this hint.
-_DPO_ONLY_KEYS = {
+DPO_ONLY_KEYS = {
     "pref_loss": "SimPO has its own loss switch: use `simpo_loss_type: sigmoid` or `simpo_loss_type: hinge`.",
     "dpo_label_smoothing": "use `simpo_label_smoothing` instead.",
     "ref_model": "SimPO is reference-free: remove it.",
@@ -32,6 +32,36 @@ _DPO_ONLY_KEYS = {
     "pref_bco_weight": "BCO needs a reference model, which SimPO does not have: remove it.",
     "ld_alpha": "SimPO already normalizes by length (the mean log-prob): remove it.",
 }
+
+
+# Host keys that `stage: simpo` accepts and does not use: given with a value other than the host's default, each
+# gets one warning saying what the stage does instead (the stage record passes these to the host glue).
+IGNORED_HOST_KEYS = {
+    "packing": "preference pairs are never packed together; each batch is already one packed row without "
+    "padding (the block attention route)",
+    "neat_packing": "preference pairs are never packed together (see `packing`)",
+    "do_predict": "use `simpo-plugin eval` to generate with the trained model and compare it with its start",
+    "predict_with_generate": "use `simpo-plugin eval` (or the generation probes) to see what the model writes",
+    "compute_accuracy": "`rewards/accuracies` (preference accuracy) is always logged",
+    "do_sample": "the generation probes decode greedily",
+    "temperature": "the generation probes decode greedily",
+    "top_p": "the generation probes decode greedily",
+    "top_k": "the generation probes decode greedily",
+    "num_beams": "the generation probes decode greedily",
+    "max_new_tokens": "the generation probes stop at `simpo_probe_max_new_tokens`",
+    "kto_chosen_weight": "a KTO key",
+    "kto_rejected_weight": "a KTO key",
+    "ppo_epochs": "a PPO key",
+    "ppo_buffer_size": "a PPO key",
+    "ppo_target": "a PPO key",
+    "reward_model": "a PPO key; probes take `simpo_probe_reward_model`",
+}
+
+
+def _logger():  # noqa: ANN202 - the host's logger (rank-0 methods), loaded with the host, not at import
+    from llamafactory.extras import logging
+
+    return logging.get_logger("llamafactory.simpo")
 
 
 class SimPOCollapseStop(SimPOArgumentError):
@@ -190,9 +220,9 @@ def resolve_simpo_args(
     Raises:
         SimPOArgumentError: naming the offending key and what to change.
     """
-    for key in sorted(_DPO_ONLY_KEYS.keys() & given_keys):
+    for key in sorted(DPO_ONLY_KEYS.keys() & given_keys):
         raise SimPOArgumentError(
-            f"`{key}` is a DPO option and has no meaning under `stage: simpo`; {_DPO_ONLY_KEYS[key]}"
+            f"`{key}` is a DPO option and has no meaning under `stage: simpo`; {DPO_ONLY_KEYS[key]}"
         )
     if getattr(finetuning_args, "use_mca", False):
         raise SimPOArgumentError("`use_mca` (Megatron core) is not supported by `stage: simpo`; remove it.")
@@ -220,6 +250,18 @@ def resolve_simpo_args(
     sft_weight = float(finetuning_args.pref_ftx)
     if sft_weight < 0:
         raise SimPOArgumentError(f"`pref_ftx` (SFT weight) must be >= 0, got {sft_weight}.")
+
+    if data_args.max_samples is not None and data_args.max_samples < 1:
+        raise SimPOArgumentError(
+            f"`max_samples: {data_args.max_samples}` leaves no rows to train on; remove it or give a count >= 1."
+        )
+    from ..data import resolve_dataset_dir
+
+    names = list(data_args.dataset or []) + list(data_args.eval_dataset or [])
+    bundled = resolve_dataset_dir(names, data_args.dataset_dir)
+    if bundled != data_args.dataset_dir:
+        _logger().info_rank0(f"Datasets {', '.join(names)}: the plugin's bundled {bundled}")
+        data_args.dataset_dir = bundled
 
     if training_args.do_train:
         from .checkpoints import resolve_resume  # the host's modules load only with the host

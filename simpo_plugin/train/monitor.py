@@ -26,6 +26,10 @@ THRESHOLDS = {
     "length_ratio": 2.0,  # mean probe length this many times its start, or less than its start over this
     "length_min_start": 4.0,  # tokens: below this the start is too short to compare against
     "length_eos_start": 0.5,  # ... and most start answers must have ended by themselves (else max_new_tokens caps it)
+    "duplicate_rate": 0.5,  # this share of probe prompts answered the same as another prompt ...
+    "duplicate_start": 0.25,  # ... where at the start fewer than this share were
+    "few_words": 3.0,  # mean words per probe answer at or below this ...
+    "few_words_start": 8.0,  # ... from at least this many at the start (max_new_tokens may cap the start: a floor)
     "displacement_window": 4,  # logged steps over which the chosen log-prob must keep falling
     "displacement_accuracy": 0.9,  # preference accuracy over that window
     "displacement_drop": 0.1,  # relative fall of the chosen log-prob per token from the run's first log
@@ -34,7 +38,8 @@ THRESHOLDS = {
     "small_batch": 32,  # effective batch below this ...
     "high_lr": 1e-6,  # ... with a learning rate above this gets a setup hint
 }
-COLLAPSE = ("eos_drop", "repetition", "length_drift", "likelihood_displacement", "zero_loss")
+COLLAPSE = ("eos_drop", "repetition", "length_drift", "duplicates", "short_answers", "likelihood_displacement",
+            "zero_loss")  # fmt: skip
 
 
 class CollapseMonitor(TrainerCallback):
@@ -113,6 +118,19 @@ class CollapseMonitor(TrainerCallback):
             found.append(("repetition", f"repeated 4-grams in probe answers rose from {rep0:.3f} to {rep:.3f}: the "
                           "model is starting to loop. Lower learning_rate, raise the effective batch towards 128, "
                           "and prefer on-policy pairs (simpo-plugin pairs)."))  # fmt: skip
+        dup, dup0 = logs.get("probe/duplicate_rate"), start.get("probe/duplicate_rate")
+        new_duplicates = dup0 is not None and dup0 < THRESHOLDS["duplicate_start"]
+        if dup is not None and new_duplicates and dup >= THRESHOLDS["duplicate_rate"]:
+            found.append(("duplicates", f"{dup:.0%} of the probe prompts got the same answer as another prompt (at "
+                          f"the start {dup0:.0%}): the model is collapsing to one answer for everything. Lower "
+                          "learning_rate and raise the effective batch towards 128."))  # fmt: skip
+        words, words0 = logs.get("probe/words"), start.get("probe/words")
+        if words is not None and words0 is not None and words <= THRESHOLDS["few_words"]:
+            if words0 >= THRESHOLDS["few_words_start"]:
+                found.append(("short_answers", f"probe answers shrank to {words:.1f} words on average (from "
+                              f"{words0:.1f} at the start): the model is learning to say as little as possible, "
+                              "a collapse that length-normalized rewards allow. Lower learning_rate; check that "
+                              "chosen answers are not systematically shorter (pairs_report.md)."))  # fmt: skip
         length, length0 = logs["probe/length"], start["probe/length"]
         ratio = THRESHOLDS["length_ratio"]
         comparable = length0 >= THRESHOLDS["length_min_start"] and eos0 >= THRESHOLDS["length_eos_start"]

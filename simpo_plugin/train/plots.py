@@ -19,11 +19,14 @@ PANELS: dict[str, tuple[str, list[str]]] = {
     "logps": ("Mean token log-prob", ["logps/chosen", "logps/rejected"]),
     "lengths": ("Response length (tokens)", ["lengths/chosen", "lengths/rejected"]),
     "probe_length": ("Probe answers: mean length (tokens)", ["probe/length"]),
-    "probe_health": ("Probe answers: health", ["probe/eos_rate", "probe/repeat_4", "probe/distinct_2"]),
+    "probe_health": (
+        "Probe answers: health",
+        ["probe/eos_rate", "probe/repeat_4", "probe/distinct_2", "probe/duplicate_rate"],
+    ),
     "probe_reward": ("Probe answers: reward and win rate vs start", ["probe/reward", "probe/win_rate"]),
 }
 COLORS = {"chosen": "#1f77b4", "rejected": "#d62728", "eos_rate": "#2ca02c", "repeat_4": "#d62728",
-          "distinct_2": "#9467bd", "win_rate": "#ff7f0e"}  # fmt: skip
+          "distinct_2": "#9467bd", "duplicate_rate": "#8c564b", "win_rate": "#ff7f0e"}  # fmt: skip
 
 
 def _series(history: list[dict], key: str) -> tuple[list[int], list[float]]:

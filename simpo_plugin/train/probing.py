@@ -91,7 +91,10 @@ def attach_watchers(
     of its events later), and training goes on.
     """
     monitor = CollapseMonitor(trainer.args.output_dir, config.stop_on_collapse)
-    trainer.add_callback(GuardedCallback(monitor, "The collapse monitor", "Report the cause it names."))
+    guarded = GuardedCallback(monitor, "The collapse monitor", "Report the cause it names.")
+    callbacks = trainer.callback_handler.callbacks  # before the host's LogCallback: its row then has the warnings
+    host_log = next((i for i, cb in enumerate(callbacks) if type(cb).__name__ == "LogCallback"), len(callbacks))
+    callbacks.insert(host_log, guarded)
     if config.probe_steps > 0:
         build = lambda: build_probe(trainer, config, model_args, data_args, template, tokenizer)  # noqa: E731
         probe = optional("Generation probes", PROBE_FIX, build)

@@ -6,7 +6,14 @@ Importing this module must stay cheap (no torch): the host loads it while ``llam
 from typing import Any
 
 from ..host import SIMPO_UI, Stage
-from .hparams import SimPOArguments, resolve_simpo_args
+from .hparams import (
+    DEFAULT_BETA,
+    DEFAULT_GAMMA_BETA_RATIO,
+    DPO_ONLY_KEYS,
+    IGNORED_HOST_KEYS,
+    SimPOArguments,
+    resolve_simpo_args,
+)
 
 
 def _run_workflow(*args: Any, **kwargs: Any) -> None:
@@ -23,4 +30,15 @@ SIMPO_STAGE = Stage(
     label="SimPO",
     uses_pair_data=True,
     ui=SIMPO_UI,
+    host_defaults={
+        "pref_beta": (DEFAULT_BETA, "SimPO's beta, the reward scale (the paper uses 2-10)"),
+        "simpo_gamma": (
+            DEFAULT_BETA * DEFAULT_GAMMA_BETA_RATIO,
+            "SimPO's absolute target margin gamma; when not given, pref_beta x simpo_gamma_beta_ratio "
+            f"({DEFAULT_BETA:g} x {DEFAULT_GAMMA_BETA_RATIO:g} by default)",
+        ),
+        "pref_ftx": (0.0, "weight of an SFT (NLL) term on the chosen responses; 0 is pure SimPO"),
+    },
+    rejected_keys=DPO_ONLY_KEYS,
+    ignored_keys=IGNORED_HOST_KEYS,
 )

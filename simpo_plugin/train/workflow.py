@@ -3,7 +3,8 @@
 import gc
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llamafactory.data import PairwiseDataCollatorWithPadding, get_dataset, get_template_and_fix_tokenizer
@@ -14,6 +15,7 @@ from llamafactory.extras.ploting import plot_loss
 from llamafactory.model import load_model, load_tokenizer
 from llamafactory.train.trainer_utils import create_modelcard_and_push
 
+from ..data import converter_warnings
 from ..errors import SimPOArgumentError
 from ..exits import record_exit_code
 from .checkpoints import checkpoint_dir
@@ -45,13 +47,14 @@ logger = logging.get_logger("llamafactory.simpo")  # inherit the host's log hand
 def explain_dataset_errors(data_args: "DataArguments") -> Iterator[None]:
     """Turn the loader's bare errors on malformed preference data into messages that name dataset and column."""
     names = ", ".join(f"`{name}`" for name in (data_args.dataset or []) + (data_args.eval_dataset or []))
-    info = f"{data_args.dataset_dir}/dataset_info.json"
+    info = Path(data_args.dataset_dir, "dataset_info.json").resolve()
     try:
         yield
     except KeyError as exc:
         raise SimPOArgumentError(
-            f"Dataset {names}: a row has no column {exc}. SimPO needs a prompt and chosen/rejected responses; "
-            f"check the `columns` mapping in {info} and the data file."
+            f"Dataset {names}: the `columns` mapping in {info} names the column {exc}, which the data file's rows "
+            "do not have. SimPO needs a prompt and chosen/rejected responses: make the mapping name the file's "
+            "own column names."
         ) from exc
     except ValueError as exc:
         if "corresponds to no data" in str(exc):
@@ -94,7 +97,8 @@ def _train_and_evaluate(
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
     with explain_dataset_errors(data_args):
         check_raw_datasets(model_args, data_args, training_args)
-        with without_blank_responses():
+        quiet = nullcontext() if data_args.streaming else converter_warnings()  # already reported above, once
+        with without_blank_responses(), quiet:
             dataset_module = get_dataset(
                 template, model_args, data_args, training_args, stage="rm", **tokenizer_module
             )
