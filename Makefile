@@ -62,7 +62,8 @@ test: setup chromium
 # environment. Left to `make test` alone: the real-model tests (SmolLM2 on CPU), the pure-torch math (loss, kernel),
 # generation units and the offline study, which do not touch the host, and the DDP and ZeRO-2 cells of the matrix
 # (the one-process and ZeRO-3 cells run on both hosts).
-LOWEST_SKIP := test_loss.py test_loss_properties.py test_logprob.py test_pairs_units.py test_metrics.py test_study.py
+LOWEST_SKIP := test_loss.py test_loss_properties.py test_logprob.py test_pairs_units.py test_metrics.py test_study.py \
+	test_winrate.py
 LOWEST_ARGS := -m "not real_model" $(foreach f,$(LOWEST_SKIP),--ignore=$(CURDIR)/tests/$(f)) \
 	-k "not (test_the_fast_path_trains_like_the_plain_path and (ddp or zero2))"
 test-lowest:
@@ -77,6 +78,7 @@ onpolicy-demo: setup
 	simpo-plugin pairs examples/onpolicy/pairs.yaml
 	llamafactory-cli train examples/onpolicy/train.yaml
 	simpo-plugin eval examples/onpolicy/eval.yaml
+	simpo-plugin eval examples/onpolicy/eval_judge.yaml
 
 lint: setup
 	$(PY) -m ruff check simpo_plugin tests

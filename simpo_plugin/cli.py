@@ -1,7 +1,7 @@
 """``simpo-plugin``: the plugin's own commands, parsing and wiring only (like the host's ``llamafactory-cli``).
 
 ``simpo-plugin pairs CONFIG.yaml [key=value | --key value ...]`` builds on-policy preference pairs;
-``simpo-plugin eval CONFIG.yaml ...`` compares models' answers on held-out prompts.
+``simpo-plugin eval CONFIG.yaml ...`` judges models against a baseline (raw and length-controlled win rates).
 Configuration mistakes print one line naming the key and exit with status 2; an interrupted run exits with 130
 and resumes when the same command runs again.
 """
@@ -22,9 +22,10 @@ USAGE = """usage: simpo-plugin <command> CONFIG.yaml [key=value | --key value ..
 
 commands:
   pairs    sample responses from the policy, score them, keep best vs worst as SimPO pairs (resumable)
-  eval     answer held-out prompts with two or more models (start vs trained) and compare them
+  eval     judge two or more models (or AlpacaEval outputs files) against a baseline: LC and raw win rates,
+           lengths, capability checks
 
-Run `simpo-plugin <command> --help` for the keys of a command; docs/onpolicy.md and docs/monitoring.md have
+Run `simpo-plugin <command> --help` for the keys of a command; docs/onpolicy.md and docs/evaluation.md have
 the details."""
 
 
@@ -71,8 +72,9 @@ def command_help(name: str) -> str:
     lines += [
         "",
         "plus the host's model and data keys, as in `llamafactory-cli` configs: model_name_or_path (pairs: required),",
-        "adapter_name_or_path, template, dataset (required), dataset_dir, max_samples, cutoff_len (the prompt",
-        "budget), default_system, enable_thinking, trust_remote_code, infer_dtype, vllm_* ...",
+        "adapter_name_or_path, template, dataset (required, except for an eval whose models are all outputs files),",
+        "dataset_dir, max_samples, cutoff_len (the prompt budget), default_system, enable_thinking,",
+        "trust_remote_code, infer_dtype, vllm_* ...",
     ]
     return "\n".join(lines)
 

@@ -1,6 +1,7 @@
 """`simpo-plugin eval` on the tiny model and a LoRA adapter trained from it: report numbers vs direct computation."""
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -9,6 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import base_config, cli_env, run_cli
 from pairs_cases import REWARDS, pairs_config, write_prompt_datasets
+
+from simpo_plugin.generation import evaluate_models
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +48,16 @@ def test_report_numbers_match_a_direct_computation(evaluated) -> None:
         assert results[model]["distinct_2"] == pytest.approx(len(set(bigrams)) / len(bigrams))
         assert results[model]["reward"] == pytest.approx(sum(a["score"] for a in answers) / 9)
         assert all(a["score"] == len(set(a["text"])) + 0.001 * len(a["text"]) for a in answers)
-    wins = [(r["responses"][adapter][0]["score"] > r["responses"][reference][0]["score"]) + 0.5 * (
-        r["responses"][adapter][0]["score"] == r["responses"][reference][0]["score"]) for r in rows]  # fmt: skip
-    assert results[adapter]["win_rate"] == pytest.approx(sum(wins) / 9) and results[reference]["win_rate"] == 0.5
+    margins = [r["responses"][adapter][0]["score"] - r["responses"][reference][0]["score"] for r in rows]
+    preference = [1 / (1 + math.exp(-m)) for m in margins]  # Bradley-Terry on the rewards
+    assert (
+        results[adapter]["win_rate"] == pytest.approx(100 * sum(preference) / 9)
+        and results[reference]["win_rate"] == 50
+    )
+    assert results[adapter]["win_rate_ci"][0] <= results[adapter]["win_rate"] <= results[adapter]["win_rate_ci"][1]
+    assert "lc_win_rate" in results[adapter] and results[adapter]["chars"] == pytest.approx(
+        sum(len(r["responses"][adapter][0]["text"]) for r in rows) / 9
+    )
     assert [r["responses"][reference][0]["text"] for r in rows] != [r["responses"][adapter][0]["text"] for r in rows]
 
 
@@ -75,9 +85,42 @@ def test_greedy_answers_are_the_models_own(evaluated, tiny_assets) -> None:
 def test_report_files(evaluated) -> None:
     report = (evaluated["out"] / "eval_report.md").read_text()
     reference, adapter = evaluated["models"]
-    assert f"| `{reference}` |" in report and f"| `{adapter}` |" in report and "win rate vs reference" in report
+    assert f"| `{reference}` (baseline) |" in report and f"| `{adapter}` |" in report and "## Leaderboard" in report
     assert "## The first 3 prompts side by side" in report and report.count("\n| ") >= 2 + 1 + 3
     assert (evaluated["out"] / "eval_report.png").stat().st_size > 10_000
+    assert (evaluated["out"] / "eval_win_rates.png").stat().st_size > 10_000
+    assert len((evaluated["out"] / "judgments.jsonl").read_text().splitlines()) == 9
+
+
+def test_llm_judge_precomputed_answers_and_checks(evaluated, tiny_assets, tmp_path) -> None:
+    """The tiny model judges (both orders, from its logits) its own answers against the adapter's, given as an
+    AlpacaEval outputs file; checks are generated for the path model only."""
+    reference, adapter = evaluated["models"]
+    rows = [json.loads(line) for line in (evaluated["out"] / "eval_generations.jsonl").read_text().splitlines()]
+    outputs = [{"instruction": r["prompt"][-1]["content"], "output": r["responses"][adapter][0]["text"],
+                "generator": "adapter"} for r in rows]  # fmt: skip
+    (tmp_path / "adapter.json").write_text(json.dumps(outputs[::-1]))  # any order: matched by instruction
+    checks = [{"instruction": "Say hi in at most 50 words.", "kind": "constraint", "max_words": 50},
+              {"instruction": "What is 2 + 2?", "kind": "exact", "answer": 4}]  # fmt: skip
+    (tmp_path / "checks.json").write_text(json.dumps(checks))
+    config = json.loads((evaluated["root"] / "eval.yaml").read_text())
+    config.pop("reward_function")
+    config.update(models=[reference, {"name": "adapter", "outputs": str(tmp_path / "adapter.json")}],
+                  judge_model=reference, checks=[str(tmp_path / "checks.json")], output_dir=str(tmp_path / "out"),
+                  bootstrap_samples=20)  # fmt: skip
+    results = evaluate_models(config)
+    judgments = [json.loads(line) for line in (tmp_path / "out" / "judgments.jsonl").read_text().splitlines()]
+    assert len(judgments) == 9 and all(0 < j["p_a_first"] < 1 and 0 < j["p_a_second"] < 1 for j in judgments)
+    assert all(j["p_a"] == pytest.approx((j["p_a_first"] + j["p_a_second"]) / 2) for j in judgments)
+    consistent = sum((j["p_a_first"] > 0.5) == (j["p_a_second"] > 0.5) for j in judgments) / 9
+    assert results["adapter"]["position_consistency"] == pytest.approx(consistent)
+    assert results["adapter"]["win_rate"] == pytest.approx(100 * sum(j["p_a"] for j in judgments) / 9)
+    assert [row["responses"][adapter][0]["text"] for row in rows] == [o["output"] for o in outputs]
+    assert results["adapter"]["length"] > 0 and "checks" not in results["adapter"]  # counted by the judge's tokenizer
+    checked = results[reference]["checks"]["checks"]
+    assert len(checked["passed"]) == 2 and checked["score"] == 50 * sum(checked["passed"])
+    report = (tmp_path / "out" / "eval_report.md").read_text()
+    assert "LLM judge" in report and "## Capability checks" in report
 
 
 def test_eval_needs_two_models(tmp_path, capsys) -> None:

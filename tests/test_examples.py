@@ -23,7 +23,7 @@ PAPER = {
     "onpolicy/train.yaml": (2.5, 0.5, 5e-6),
 }
 PAIRS = {"onpolicy/pairs.yaml"}  # `simpo-plugin pairs` configs
-EVALS = {"onpolicy/eval.yaml"}  # `simpo-plugin eval` configs
+EVALS = {"onpolicy/eval.yaml", "onpolicy/eval_judge.yaml"}  # `simpo-plugin eval` configs
 GPU_ONLY = {"bf16": False, "deepspeed": None, "quantization_bit": None}  # parsed on CPU: hardware keys neutralised
 
 
@@ -34,14 +34,18 @@ def test_every_recipe_is_covered() -> None:
 @pytest.mark.parametrize("name", sorted(EVALS))
 def test_eval_recipe_parses_greedy_with_the_reference_first(name: str, monkeypatch) -> None:
     from simpo_plugin.generation.args import EvalArguments, parse_args
+    from simpo_plugin.generation.checks import load_check_set
     from simpo_plugin.generation.scorers import check_scorer
 
     monkeypatch.chdir(EXAMPLES.parent)
     raw = yaml.safe_load((EXAMPLES / name).read_text())
     settings, model_args, data_args = parse_args(raw, EvalArguments, model_path=raw["models"][0])
-    assert settings.temperature == 0 and len(settings.models) == 2 and settings.has_scorer
+    assert settings.temperature == 0 and len(settings.models) == 2 and len(settings.judges) == 1
     assert (EXAMPLES.parent / data_args.dataset_dir / "dataset_info.json").is_file()
-    check_scorer(settings, model_args)
+    if settings.has_scorer:
+        check_scorer(settings, model_args)
+    for spec in settings.checks or []:
+        load_check_set(spec)
 
 
 @pytest.mark.parametrize("name", sorted(PAIRS))

@@ -135,3 +135,12 @@ def test_answers_collapsing_to_one_or_to_a_word_warn(tmp_path, logs, expected) -
     fired, control = feed(CollapseMonitor(str(tmp_path), True), logs)
     assert sorted(fired) == expected
     assert control.should_training_stop is bool(expected)
+
+
+def test_a_significant_check_drop_warns_but_does_not_stop(tmp_path, caplog) -> None:
+    start = {**probe(24.0, 0.0), "probe/checks/arithmetic": 0.75, "probe/check_change_high/arithmetic": 0.0}
+    within = {**probe(24.0, 0.0), "probe/checks/arithmetic": 0.625, "probe/check_change_high/arithmetic": 0.06}
+    dropped = {**probe(24.0, 0.0), "probe/checks/arithmetic": 0.25, "probe/check_change_high/arithmetic": -0.19}
+    fired, control = feed(CollapseMonitor(str(tmp_path), True), [start, within, dropped, dropped])
+    assert fired == ["check_drop_arithmetic"] and not control.should_training_stop  # a skill, not a collapse
+    assert "the `arithmetic` capability checks fell from 75% passed at the start to 25%" in caplog.text

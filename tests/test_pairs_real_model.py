@@ -77,9 +77,24 @@ def test_example_pairs_are_real_answers_and_train(smollm2, tmp_path) -> None:
     assert [entry["step"] for entry in probes] == [0, 1, 2] and probes[0]["probe/eos_rate"] > 0  # real answers end
 
     evaluate = yaml.safe_load((EXAMPLE / "eval.yaml").read_text())
-    evaluate.update(models=[str(smollm2), str(tmp_path / "simpo")], dataset_dir=str(EXAMPLE / "data"), max_samples=3,
+    evaluate.update(models=[str(smollm2), str(tmp_path / "simpo")], dataset_dir=str(EXAMPLE / "data"), max_samples=6,
                     max_new_tokens=32, output_dir=str(tmp_path / "eval"),
                     reward_function=f"{EXAMPLE / 'rewards.py'}:concise_answer")  # fmt: skip
     results = evaluate_models(evaluate)
-    assert {"length", "eos_rate", "repeat_4", "words", "reward", "win_rate"} <= set(results[str(tmp_path / "simpo")])
+    trained = results[str(tmp_path / "simpo")]
+    assert {"length", "eos_rate", "repeat_4", "words", "reward", "win_rate", "lc_win_rate"} <= set(trained)
+    assert trained["win_rate_ci"][0] <= trained["win_rate"] <= trained["win_rate_ci"][1]
     assert "| prompt |" in (tmp_path / "eval" / "eval_report.md").read_text()
+
+    # SmolLM2 judges itself (a weak judge, but a real one: its logits over `1` and `2`), with the arithmetic checks.
+    evaluate.pop("reward_function")
+    evaluate.update(judge_model=str(smollm2), checks=["arithmetic"], output_dir=str(tmp_path / "judged"),
+                    bootstrap_samples=50)  # fmt: skip
+    results = evaluate_models(evaluate)
+    trained, start = results[str(tmp_path / "simpo")], results[str(smollm2)]
+    assert 0 <= trained["position_consistency"] <= 1 and 0 < trained["win_rate"] < 100
+    assert "lc_win_rate" in trained and start["checks"]["arithmetic"]["score"] >= 0
+    judgments = (tmp_path / "judged" / "judgments.jsonl").read_text().splitlines()
+    assert len(judgments) == 6 and all(0 < json.loads(j)["p_a_first"] < 1 for j in judgments)
+    report = (tmp_path / "judged" / "eval_report.md").read_text()
+    assert "## Leaderboard" in report and "## Capability checks" in report and "LLM judge" in report

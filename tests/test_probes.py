@@ -10,6 +10,7 @@ from pairs_cases import REWARDS
 from simpo_plugin.testing import preference_rows, write_preference_dataset
 
 
+JUDGES = Path(__file__).with_name("judge_functions.py")
 PROBE_KEYS = {"probe/length", "probe/eos_rate", "probe/repeat_4", "probe/duplicate_rate", "probe/words"}
 
 
@@ -73,8 +74,14 @@ def loop_data(tiny_assets, tmp_path_factory) -> Path:
 
 
 def test_collapse_is_named_stopped_saved_and_resumable(tiny_assets, loop_data, tmp_path) -> None:
+    """Also the probe's judge and checks: judged against the start's answers, before and after the resume."""
+    checks = [{"instruction": "Say something helpful.", "kind": "constraint", "contains": ["helpful"]},
+              {"instruction": "Answer in at most 100 words.", "kind": "constraint", "max_words": 100}]  # fmt: skip
+    (tmp_path / "checks.json").write_text(json.dumps(checks))
     common = dict(dataset="loops", eval_dataset="heldout", dataset_dir=str(loop_data), do_eval=False, max_steps=12,
-                  simpo_probe_steps=4, simpo_probe_max_new_tokens=48, logging_steps=2)  # fmt: skip
+                  simpo_probe_steps=4, simpo_probe_max_new_tokens=48, logging_steps=2,
+                  simpo_probe_judge=f"{JUDGES}:longer_wins",
+                  simpo_probe_checks=f"{tmp_path / 'checks.json'}")  # fmt: skip
     config = base_config(tiny_assets, tmp_path / "out", simpo_stop_on_collapse=True, **common)
     result = run_cli(config, tmp_path)
     log = result.stdout + result.stderr
@@ -96,6 +103,21 @@ def test_collapse_is_named_stopped_saved_and_resumable(tiny_assets, loop_data, t
     assert json.loads((tmp_path / "out" / "trainer_state.json").read_text())["global_step"] == 12
     assert [e["step"] for e in probes_of(tmp_path / "out")] == [0, 4, 8, 12]  # step 4 was probed before the stop
     assert len(read_jsonl(tmp_path / "out" / "simpo_warnings.jsonl")) == 2  # named once, not again after resume
+
+    from judge_functions import longer_wins
+
+    generations = read_jsonl(tmp_path / "out" / "generations.jsonl")
+    answers = [g for g in generations if "passed" not in g]
+    start = {g["key"]: g["response"] for g in answers if g["step"] == 0}
+    for entry in probes_of(tmp_path / "out"):
+        step = [g for g in answers if g["step"] == entry["step"]]
+        judged = [longer_wins([], g["response"], start[g["key"]]) for g in step]
+        assert [g["judge_p"] for g in step] == pytest.approx(judged if entry["step"] else [0.5] * len(step))
+        assert entry["probe/judge_win_rate"] == pytest.approx(sum(judged) / len(judged) if entry["step"] else 0.5)
+        checked = [g["passed"] for g in generations if g["step"] == entry["step"] and "passed" in g]
+        assert len(checked) == 2 and entry["probe/checks/checks"] == sum(checked) / 2
+        assert "probe/check_change_high/checks" in entry
+    assert probes_of(tmp_path / "out")[-1]["probe/judge_win_rate"] != 0.5  # the loop is judged against the start
 
 
 def test_the_demo_collapses_and_says_so_live(tiny_assets, tmp_path) -> None:

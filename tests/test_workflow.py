@@ -195,6 +195,8 @@ MISTAKES = [
     ({"dataset_dir": "{tmp}/nowhere"},
      "there is no {tmp}/nowhere/dataset_info.json (`dataset_dir: {tmp}/nowhere`)"),
     ({"max_samples": 0}, "`max_samples: 0` leaves no rows to train on"),
+    ({"simpo_probe_checks": "arithmetic,jsonformat"},
+     "`simpo_probe_checks: jsonformat` is neither a bundled set (arithmetic, constraints, json_format) nor a file."),
 ]  # fmt: skip
 
 

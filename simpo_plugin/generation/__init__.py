@@ -5,10 +5,13 @@ host's) -> ``prompts`` (read through the host's loader and converter, rendered w
 training will see) -> ``sampling`` (HF ``generate`` or vLLM, seeded per prompt) -> ``scorers`` (classifier reward
 model, host ``stage: rm`` model, or function) -> ``selection`` (best vs worst, drop rules) -> ``store`` (resumable
 parts) -> ``outputs`` (``pairs.json``, ``dataset_info.json``) and ``report``. ``simpo-plugin eval``
-(:func:`evaluate_models`) shares prompts, sampling and scorers, with ``metrics`` and ``eval_report``.
+(:func:`evaluate_models`) shares prompts, sampling and scorers, and adds ``answers`` (paths or AlpacaEval outputs
+files), ``judges`` (reward, function, local LLM), ``winrate`` and ``leaderboard`` (raw, length-controlled and
+style-controlled win rates with intervals), ``checks`` (capability sets) and ``eval_report``.
 
 The rest of the plugin may use the names in ``__all__``: the two commands, their argument classes, and for the
-stage's probes :class:`GenerationProbe`, :class:`ProbeSettings`, :func:`load_prompts` and :func:`check_scorer`.
+stage's probes :class:`GenerationProbe`, :class:`ProbeSettings`, :func:`load_prompts`, :func:`check_scorer`,
+:func:`load_check_set` and :func:`check_prompts`.
 This package imports nothing from the stage or the host glue (tests/test_layers.py). Importing it is cheap;
 torch and the host load with the first name used.
 """
@@ -24,6 +27,8 @@ _LAZY = {
     "ProbeSettings": ".probes",
     "load_prompts": ".prompts",
     "check_scorer": ".scorers",
+    "check_prompts": ".checks",
+    "load_check_set": ".checks",
 }
 
 

@@ -23,6 +23,33 @@ class PairsConfigError(SimPOArgumentError):
     """A bad pairs config or input; the CLI prints it as one line and exits non-zero."""
 
 
+def check_types(args: Any) -> None:
+    """Every key whose default is a bool, an int or a float holds one (a float key takes an int as well).
+
+    Raises:
+        PairsConfigError: naming the key, the expected type and the value given.
+    """
+    for f in fields(args):
+        value, default = getattr(args, f.name), f.default
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(default, float):
+            if isinstance(value, str):  # YAML reads `1e-3` (no dot) as text
+                try:
+                    value = float(value)
+                except ValueError:
+                    pass
+            ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+            if ok:
+                setattr(args, f.name, float(value))
+        else:
+            continue
+        if not ok:
+            raise PairsConfigError(f"`{f.name}` must be {kind}, got {value!r}.")
+
+
 @dataclass
 class GenerationArguments:
     """Keys shared by ``simpo-plugin pairs`` and ``simpo-plugin eval``: output, sampling and the scorer."""
@@ -59,7 +86,7 @@ class GenerationArguments:
     )
     reward_batch_size: int = field(default=8, metadata={"help": "Responses per reward-model forward pass."})
 
-    def checks(self) -> list[tuple[bool, str]]:
+    def validation(self) -> list[tuple[bool, str]]:
         return [
             (bool(self.output_dir), "`output_dir` is required: the folder that receives the outputs and the report."),
             (self.num_samples >= 1, f"`num_samples` must be >= 1, got {self.num_samples}."),
@@ -74,7 +101,8 @@ class GenerationArguments:
         ]  # fmt: skip
 
     def __post_init__(self) -> None:
-        for ok, message in self.checks():
+        check_types(self)
+        for ok, message in self.validation():
             if not ok:
                 raise PairsConfigError(message)
 
@@ -103,8 +131,8 @@ class PairsArguments(GenerationArguments):
     num_shards: int = field(default=1, metadata={"help": "Split the prompts over this many machines or runs."})
     shard_index: int = field(default=0, metadata={"help": "The shard this run takes, 0 <= shard_index < num_shards."})
 
-    def checks(self) -> list[tuple[bool, str]]:
-        return super().checks() + [
+    def validation(self) -> list[tuple[bool, str]]:
+        return super().validation() + [
             (self.num_samples >= 2, f"`num_samples` must be >= 2 to form a pair, got {self.num_samples}."),
             (self.min_score_gap >= 0, f"`min_score_gap` must be >= 0, got {self.min_score_gap}."),
             (self.num_shards >= 1, f"`num_shards` must be >= 1, got {self.num_shards}."),
@@ -123,11 +151,46 @@ class PairsArguments(GenerationArguments):
 
 @dataclass
 class EvalArguments(GenerationArguments):
-    """Keys of ``simpo-plugin eval``: the shared ones (greedy by default) plus the models to compare."""
+    """Keys of ``simpo-plugin eval``: the shared ones (greedy by default), the models, the judge and the checks."""
 
-    models: list[str] | str | None = field(
+    models: list[Any] | str | None = field(
         default=None,
-        metadata={"help": "Two or more models to compare, the reference first: full checkpoints or LoRA adapters."},
+        metadata={
+            "help": "Two or more models: paths (full checkpoints or LoRA adapters; their answers are generated) or "
+            "`{name: NAME, outputs: FILE}` (precomputed answers in AlpacaEval's model_outputs format)."
+        },
+    )
+    baseline: str | None = field(
+        default=None, metadata={"help": "The model every other one is compared against (default: the first)."}
+    )
+    pairwise: bool = field(
+        default=False, metadata={"help": "Judge every pair of models, not only each against the baseline."}
+    )
+    judge_model: str | None = field(
+        default=None,
+        metadata={"help": "A local chat model as a pairwise judge: P(A) read from its logits over `1` vs `2`."},
+    )
+    judge_template: str | None = field(
+        default=None, metadata={"help": "The judge model's template (default: `template`)."}
+    )
+    judge_function: str | None = field(
+        default=None,
+        metadata={"help": "`package.module:function`: (instruction_messages, answer_a, answer_b) -> P(A beats B)."},
+    )
+    judge_batch_size: int = field(default=8, metadata={"help": "Judge prompts per forward pass."})
+    checks: list[str] | str | None = field(
+        default=None,
+        metadata={"help": "Capability check sets: bundled names (arithmetic, json_format, constraints) or files."},
+    )
+    instruction_difficulty: str | None = field(
+        default=None,
+        metadata={
+            "help": "AlpacaEval's per-instruction difficulties (a CSV or JSON of instruction -> difficulty): the LC "
+            "win rate then uses its full formula."
+        },
+    )
+    bootstrap_samples: int = field(
+        default=200, metadata={"help": "Bootstrap resamples for the intervals (the LC one refits the GLM each time)."}
     )
     num_samples: int = field(default=1, metadata={"help": "Responses per prompt and model (greedy: 1)."})
     temperature: float = field(default=0.0, metadata={"help": "0 is greedy decoding (the default)."})
@@ -139,12 +202,25 @@ class EvalArguments(GenerationArguments):
     def __post_init__(self) -> None:
         if isinstance(self.models, str):
             self.models = [m.strip() for m in self.models.split(",") if m.strip()]
+        if isinstance(self.checks, str):
+            self.checks = [c.strip() for c in self.checks.split(",") if c.strip()]
         super().__post_init__()
 
-    def checks(self) -> list[tuple[bool, str]]:
-        return super().checks() + [
-            (len(self.models or []) >= 2, "`models` needs two or more models, the reference (your start) first."),
+    @property
+    def judges(self) -> list[str]:
+        """The judge keys that are set (at most one may be)."""
+        named = {"judge_model": self.judge_model, "judge_function": self.judge_function,
+                 "reward_model": self.reward_model, "reward_function": self.reward_function}  # fmt: skip
+        return [key for key, value in named.items() if value]
+
+    def validation(self) -> list[tuple[bool, str]]:
+        judges = self.judges
+        return super().validation() + [
+            (len(self.models or []) >= 2, "`models` needs two or more models (paths or {name, outputs} entries)."),
             (self.show >= 0, f"`show` must be >= 0, got {self.show}."),
+            (self.judge_batch_size >= 1, f"`judge_batch_size` must be >= 1, got {self.judge_batch_size}."),
+            (self.bootstrap_samples >= 0, f"`bootstrap_samples` must be >= 0, got {self.bootstrap_samples}."),
+            (len(judges) <= 1, f"Give one judge, not {' and '.join(f'`{k}`' for k in judges)}."),
         ]
 
 

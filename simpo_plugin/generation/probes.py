@@ -7,6 +7,12 @@ through it. Distributed runs split the prompts over the ranks (padded so every r
 call; under DeepSpeed ZeRO-3 ``generate`` then keeps the ranks in step) and gather the answers, so every rank
 logs the same numbers. The reference for the win rate is the first probe of the run; a resumed run takes it
 back from ``generations.jsonl``.
+
+Options: a judge (``simpo_probe_judge``) compares each answer with the start's answer to the same prompt
+(``probe/judge_win_rate``, the mean P(now beats start), 0.5 at the start); capability checks
+(``simpo_probe_checks``) are answered with the probe prompts and logged as ``probe/checks/<set>`` (share passed)
+with ``probe/check_change_high/<set>``, the upper end of the paired 95% bootstrap interval of the change from the
+start (below 0: a significant drop, which the collapse monitor names).
 """
 
 import json
@@ -19,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from transformers import TrainerCallback
 
 from ..errors import FeatureUnavailable, describe
+from .checks import dropped, passes
 from .metrics import Generated, repeat_rate, summarize, text_units
 from .sampling import HFSampler
 
@@ -52,6 +59,9 @@ class ProbeSettings:
     every: int
     max_new_tokens: int
     scorer: Any = None  # an object with reward_model / reward_function / reward_template / reward_batch_size
+    judge: str | None = None  # `package.module:function` or a chat model path
+    judge_template: str | None = None
+    checks: tuple = ()  # ((set name, tasks, check prompts), ...)
 
 
 class GenerationProbe(TrainerCallback):
@@ -65,16 +75,22 @@ class GenerationProbe(TrainerCallback):
         model_args: Any = None,
         template_name: str | None = None,
     ) -> None:
-        self.trainer, self.prompts, self.tokenizer, self.stop_ids = trainer, prompts, tokenizer, stop_ids
+        self.trainer, self.tokenizer, self.stop_ids = trainer, tokenizer, stop_ids
         self.settings, self.model_args, self.template_name = settings, model_args, template_name
+        self.probed = len(prompts)  # prompts[probed:] are the capability checks' prompts
+        self.prompts = list(prompts) + [p for _, _, check_prompts in settings.checks for p in check_prompts]
         self.reference: list[float] | None = None
+        self.reference_texts: dict[int, str] | None = None
+        self.check_start: dict[str, list[bool]] | None = None
         self.scorer = None
+        self.judge: Any = None
         self.last_step: int | None = None
         self.path = Path(trainer.args.output_dir) / GENERATIONS_FILE
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.global_step > 0:  # resumed: the reference is the run's first probe, this step may be probed already
             self.reference = self._saved_reference()
+            self._restore_start()
             if any("probe/length" in e and e.get("step") == state.global_step for e in state.log_history):
                 self.last_step = state.global_step
                 return
@@ -94,8 +110,53 @@ class GenerationProbe(TrainerCallback):
         records = [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
         first = min((r["step"] for r in records), default=None)
         by_key = {r["key"]: r["score"] for r in records if r["step"] == first}
-        scores = [by_key.get(prompt.key) for prompt in self.prompts]
+        scores = [by_key.get(prompt.key) for prompt in self.prompts[: self.probed]]
         return None if any(score is None for score in scores) else scores
+
+    def _restore_start(self) -> None:
+        """The start's answers (for the judge) and check outcomes, from the run's first probe in the file."""
+        if not self.path.is_file():
+            return
+        records = [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        first = min((r["step"] for r in records), default=None)
+        by_key = {r["key"]: r for r in records if r["step"] == first}
+        found = [by_key.get(prompt.key) for prompt in self.prompts]
+        if all(record is not None for record in found[: self.probed]):
+            self.reference_texts = {i: found[i]["response"] for i in range(self.probed)}
+        if all(record is not None and "passed" in record for record in found[self.probed :]):
+            self.check_start = self._check_outcomes({i: found[i]["passed"] for i in range(self.probed, len(found))})
+
+    def _check_outcomes(self, passed: dict[int, bool]) -> dict[str, list[bool]]:
+        outcomes, start = {}, self.probed
+        for name, tasks, _ in self.settings.checks:
+            outcomes[name] = [bool(passed[start + k]) for k in range(len(tasks))]
+            start += len(tasks)
+        return outcomes
+
+    def _task(self, index: int) -> dict | None:
+        start = self.probed
+        for _, tasks, _ in self.settings.checks:
+            if index < start + len(tasks):
+                return tasks[index - start] if index >= start else None
+            start += len(tasks)
+        return None
+
+    def _judged(self, indices: list[int], texts: list[str]) -> list[float | None]:
+        """P(this answer beats the start's) for probe prompts; 0.5 at the start, None for check prompts."""
+        if self.settings.judge is None:
+            return [None] * len(indices)
+        if self.reference_texts is None:
+            return [0.5 if i < self.probed else None for i in indices]
+        if self.judge is None:
+            from .judges import load_judge
+
+            self.judge = load_judge(self.settings.judge, self.settings.judge_template, self.trainer.args.device)
+        todo = [k for k, i in enumerate(indices) if i < self.probed]
+        pairs = [(self.prompts[indices[k]], texts[k], self.reference_texts[indices[k]]) for k in todo]
+        judged: list[float | None] = [None] * len(indices)
+        for k, judgment in zip(todo, self.judge.judge(pairs), strict=True):
+            judged[k] = judgment.p_a
+        return judged
 
     def _my_share(self) -> tuple[list[int], int]:
         """This rank's prompt indices, padded with index 0 so every rank generates the same number of rows, and
@@ -126,14 +187,21 @@ class GenerationProbe(TrainerCallback):
 
         indices, own = self._my_share()
         local = self._agreed(lambda: self._answer(indices, own))
-        gathered = sorted(gather_object(local))
-        answers = [Generated(text, tokens, ended) for _, text, tokens, ended, _ in gathered]
+        everything = sorted(gather_object(local))
+        gathered = [record for record in everything if record[0] < self.probed]
+        answers = [Generated(text, tokens, ended) for _, text, tokens, ended, *_ in gathered]
         all_scores = None if self.settings.scorer is None else [record[4] for record in gathered]
         if all_scores is not None and self.reference is None:
             self.reference = all_scores
         metrics = summarize(answers, all_scores, self.reference if all_scores is not None else None)
+        if self.settings.judge is not None:
+            metrics["judge_win_rate"] = sum(record[5] for record in gathered) / len(gathered)
+        if self.reference_texts is None:
+            self.reference_texts = {record[0]: record[1] for record in gathered}
+        if self.settings.checks:
+            metrics |= self._check_metrics({record[0]: record[6] for record in everything if record[0] >= self.probed})
         if self.trainer.is_world_process_zero():
-            self._agreed(lambda: self._write(step, gathered))
+            self._agreed(lambda: self._write(step, everything))
         else:
             self._agreed(lambda: None)
         logs = {f"{PREFIX}{key}": value for key, value in metrics.items()}
@@ -157,11 +225,28 @@ class GenerationProbe(TrainerCallback):
         finally:
             model.train(was_training)
         texts = [row[0].text for row in samples]
-        scores = self._score([self.prompts[i] for i in indices], texts)
-        return [
-            (i, row[0].text, row[0].tokens, not row[0].truncated, None if scores is None else scores[k])
-            for k, (i, row) in enumerate(zip(indices, samples, strict=True))
-        ][:own]
+        probed = [k for k, i in enumerate(indices) if i < self.probed]
+        scored = self._score([self.prompts[indices[k]] for k in probed], [texts[k] for k in probed])
+        scores = dict(zip(probed, scored, strict=True)) if scored is not None else {}
+        judged = self._judged(indices, texts)
+        records = []
+        for k, (i, row) in enumerate(zip(indices, samples, strict=True)):
+            task = self._task(i)
+            passed = None if task is None else passes(task, row[0].text)
+            records.append((i, row[0].text, row[0].tokens, not row[0].truncated, scores.get(k), judged[k], passed))
+        return records[:own]
+
+    def _check_metrics(self, passed: dict[int, bool]) -> dict[str, float]:
+        """Each check set's share passed and the upper end of the 95% interval of its change from the start."""
+        outcomes = self._check_outcomes(passed)
+        if self.check_start is None:
+            self.check_start = outcomes
+        metrics = {}
+        for name, now in outcomes.items():
+            metrics[f"checks/{name}"] = sum(now) / len(now)
+            _, (_, high), _ = dropped(self.check_start[name], now)
+            metrics[f"check_change_high/{name}"] = high / 100
+        return metrics
 
     def _agreed(self, work: Any) -> Any:
         """Run ``work`` here; raise :class:`ProbeFailed` on every rank if it failed on any."""
@@ -175,11 +260,15 @@ class GenerationProbe(TrainerCallback):
 
     def _write(self, step: int, gathered: list[tuple]) -> None:
         with self.path.open("a", encoding="utf-8") as handle:
-            for index, text, tokens, ended, score in gathered:
+            for index, text, tokens, ended, score, judged, passed in gathered:
                 prompt = self.prompts[index]
                 record = {
                     "step": step, "index": index, "key": prompt.key, "source": prompt.source,
                     "prompt": prompt.messages[-1]["content"], "response": text, "tokens": tokens, "ended": ended,
                     "repeat_4": repeat_rate(text_units(text)), "score": score,
                 }  # fmt: skip
+                if judged is not None:
+                    record["judge_p"] = judged
+                if passed is not None:
+                    record["passed"] = passed
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")

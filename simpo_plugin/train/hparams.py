@@ -149,6 +149,20 @@ class SimPOArguments:
     simpo_probe_reward_function: str | None = field(
         default=None, metadata={"help": "Score probe answers with `package.module:function` or `file.py:function`."}
     )
+    simpo_probe_judge: str | None = field(
+        default=None,
+        metadata={
+            "help": "Judge each probe answer against the start's answer: `package.module:function` (returns P(A "
+            "beats B)) or a local chat model (an LLM judge, read from its logits); logs probe/judge_win_rate."
+        },
+    )
+    simpo_probe_checks: str | None = field(
+        default=None,
+        metadata={
+            "help": "Capability checks at every probe (comma-separated: arithmetic, json_format, constraints, or "
+            "JSON files); a significant drop from the start is a warning."
+        },
+    )
     simpo_stop_on_collapse: bool = field(
         default=False,
         metadata={"help": "On a collapse warning, save a checkpoint and stop the run (it says how to resume)."},
@@ -179,6 +193,14 @@ class SimPOArguments:
             raise SimPOArgumentError(
                 "Give one probe scorer, `simpo_probe_reward_model` or `simpo_probe_reward_function`, not both."
             )
+        if self.simpo_probe_checks:
+            from ..generation import load_check_set  # names the key and the bundled sets when one is wrong
+
+            for spec in self.simpo_probe_checks.split(","):
+                try:
+                    load_check_set(spec.strip())
+                except SimPOArgumentError as exc:
+                    raise SimPOArgumentError(str(exc).replace("`checks:", "`simpo_probe_checks:")) from exc
         if self.simpo_label_smoothing > 0 and self.simpo_loss_type != "sigmoid":
             raise SimPOArgumentError(
                 "`simpo_label_smoothing` only applies to `simpo_loss_type: sigmoid`; remove it or switch the loss."
@@ -197,6 +219,8 @@ class SimPOConfig(SimPOObjective, LeanConfig):
     probe_max_new_tokens: int = 128
     probe_reward_model: str | None = None
     probe_reward_function: str | None = None
+    probe_judge: str | None = None
+    probe_checks: str | None = None
     stop_on_collapse: bool = False
 
     def summary(self) -> str:

@@ -138,6 +138,14 @@ class CollapseMonitor(TrainerCallback):
             found.append(("length_drift", f"the mean probe answer length went from {length0:.1f} to {length:.1f} "
                           "tokens: SimPO is learning a length preference from the data. Check pairs_report.md's "
                           "length share, raise simpo_gamma_beta_ratio, or lower learning_rate."))  # fmt: skip
+        for key, high in logs.items():
+            if key.startswith("probe/check_change_high/") and high < 0:
+                name = key.rsplit("/", 1)[1]
+                now, then = logs[f"probe/checks/{name}"], start.get(f"probe/checks/{name}", math.nan)
+                found.append((f"check_drop_{name}", f"the `{name}` capability checks fell from {then:.0%} passed at "
+                              f"the start to {now:.0%} (the 95% interval of the change ends at {high:+.0%}): SimPO "
+                              "can cost skills the pairs do not cover (the paper: GSM8K, JSON). Lower "
+                              "learning_rate, add an SFT term (pref_ftx) or pairs that use the skill."))  # fmt: skip
         return found
 
     def warn(self, name: str, message: str, state: Any, control: Any) -> None:

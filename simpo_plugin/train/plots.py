@@ -23,10 +23,15 @@ PANELS: dict[str, tuple[str, list[str]]] = {
         "Probe answers: health",
         ["probe/eos_rate", "probe/repeat_4", "probe/distinct_2", "probe/duplicate_rate"],
     ),
-    "probe_reward": ("Probe answers: reward and win rate vs start", ["probe/reward", "probe/win_rate"]),
+    "probe_reward": (
+        "Probe answers: reward and win rates vs start",
+        ["probe/reward", "probe/win_rate", "probe/judge_win_rate"],
+    ),
+    "probe_checks": ("Probe capability checks: share passed", ["probe/checks/*"]),
 }
 COLORS = {"chosen": "#1f77b4", "rejected": "#d62728", "eos_rate": "#2ca02c", "repeat_4": "#d62728",
-          "distinct_2": "#9467bd", "duplicate_rate": "#8c564b", "win_rate": "#ff7f0e"}  # fmt: skip
+          "distinct_2": "#9467bd", "duplicate_rate": "#8c564b", "win_rate": "#ff7f0e",
+          "judge_win_rate": "#17becf"}  # fmt: skip
 
 
 def _series(history: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -52,8 +57,9 @@ def plot_simpo_curves(output_dir: str | Path) -> list[Path]:
     for name, (title, keys) in PANELS.items():
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         drawn = False
+        keys = sorted({k for e in history for k in e if k.startswith(keys[0][:-1])}) if keys[0][-1] == "*" else keys
         for key in keys:
-            color = COLORS.get(key.split("/")[-1], "#1f77b4")
+            color = COLORS.get(key.split("/")[-1], None if key.startswith("probe/checks/") else "#1f77b4")
             label = key.split("/")[-1] if len(keys) > 1 or key.startswith("probe/") else "train"
             steps, values = _series(history, key)
             if values and key.startswith("probe/"):  # a few points, each a whole generation pass: no smoothing

@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from llamafactory.extras import logging
 
-from ..generation import GenerationProbe, ProbeSettings, check_scorer, load_prompts
+from ..generation import (
+    GenerationProbe,
+    ProbeSettings,
+    check_prompts,
+    check_scorer,
+    load_check_set,
+    load_prompts,
+)
 from .monitor import CollapseMonitor
 from .optional import GuardedCallback, optional
 
@@ -72,7 +79,15 @@ def build_probe(
     scorer = probe_scorer(config, data_args.template)
     checked = scorer is None or optional("Probe rewards", PROBE_FIX, lambda: check_scorer(scorer, model_args) or True)
     scorer = scorer if checked else None
-    settings = ProbeSettings(every=config.probe_steps, max_new_tokens=config.probe_max_new_tokens, scorer=scorer)
+    checks = []
+    for spec in (config.probe_checks or "").split(","):
+        if spec.strip():
+            name, tasks = load_check_set(spec.strip())
+            checks.append((name, tasks, check_prompts(tasks, template, tokenizer, name)))
+    settings = ProbeSettings(
+        every=config.probe_steps, max_new_tokens=config.probe_max_new_tokens, scorer=scorer,
+        judge=config.probe_judge, judge_template=data_args.template, checks=tuple(checks),
+    )  # fmt: skip
     stop_ids = template.get_stop_token_ids(tokenizer)
     return GenerationProbe(trainer, prompts, tokenizer, stop_ids, settings, model_args, data_args.template)
 
