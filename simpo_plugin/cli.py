@@ -2,11 +2,13 @@
 
 ``simpo-plugin pairs CONFIG.yaml [key=value | --key value ...]`` builds on-policy preference pairs;
 ``simpo-plugin eval CONFIG.yaml ...`` judges models against a baseline (raw and length-controlled win rates).
-Configuration mistakes print one line naming the key and exit with status 2; an interrupted run exits with 130
-and resumes when the same command runs again.
+Configuration mistakes print one line naming the key and exit with status 2; a run that cannot go on (every
+inference server gone) prints one line and exits with 1; an interrupted run (Ctrl-C: 130, SIGTERM: 143) stops what
+it started and resumes when the same command runs again.
 """
 
 import difflib
+import signal
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any
 import yaml
 
 from . import __version__
-from .errors import SimPOArgumentError
+from .errors import RunStopped, SimPOArgumentError
 
 
 USAGE = """usage: simpo-plugin <command> CONFIG.yaml [key=value | --key value ...]
@@ -74,7 +76,7 @@ def command_help(name: str) -> str:
         "plus the host's model and data keys, as in `llamafactory-cli` configs: model_name_or_path (pairs: required),",
         "adapter_name_or_path, template, dataset (required, except for an eval whose models are all outputs files),",
         "dataset_dir, max_samples, cutoff_len (the prompt budget), default_system, enable_thinking,",
-        "trust_remote_code, infer_dtype, vllm_* ...",
+        "trust_remote_code, infer_dtype, ...",
     ]
     return "\n".join(lines)
 
@@ -113,8 +115,18 @@ def main(argv: list[str] | None = None) -> int:
     if any(token in ("-h", "--help") for token in rest):
         print(command_help(name))
         return 0
+    terminated = []
+
+    def on_sigterm(signum: int, frame: Any) -> None:  # unwind like Ctrl-C: saved parts stay, started servers stop
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         return COMMANDS[name](rest)
+    except RunStopped as exc:
+        print(f"simpo-plugin {name}: {exc}", file=sys.stderr)
+        return 1
     except SimPOArgumentError as exc:
         source = next((token for token in rest[:1] if not token.startswith("-") and "=" not in token), None)
         where = f" (config: {Path(source).resolve()})" if source else ""
@@ -122,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(f"simpo-plugin {name}: interrupted; run the same command again to resume.", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGTERM if terminated else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

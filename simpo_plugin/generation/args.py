@@ -6,17 +6,26 @@ pairs config reads like a ``llamafactory-cli`` config. Any other key is an error
 """
 
 import difflib
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import SimPOArgumentError
+from .selection import DROP_TRUNCATED
 
 
 if TYPE_CHECKING:
     from llamafactory.hparams import DataArguments, ModelArguments
 
 
-BACKENDS = ("auto", "vllm", "hf")
+BACKENDS = ("auto", "hf", "server")
+
+
+VLLM_REPLACED = (
+    "`backend: vllm` (vLLM inside this process) was replaced by `backend: server`: vLLM cannot share an environment "
+    "with LLaMA-Factory 0.9.5 (their transformers pins exclude each other). Serve the model with vLLM and give "
+    '`server_urls`, or let the run start it with `server_command` (docs/onpolicy.md, "Inference servers").'
+)
 
 
 class PairsConfigError(SimPOArgumentError):
@@ -62,13 +71,48 @@ class GenerationArguments:
         default=1024, metadata={"help": "Longest response; a sample that has not stopped by then is truncated."}
     )
     seed: int = field(default=42, metadata={"help": "Base seed; each prompt's seed derives from it and the prompt."})
-    backend: Literal["auto", "vllm", "hf"] = field(
+    backend: Literal["auto", "hf", "server"] = field(
         default="auto",
-        metadata={"help": "`vllm` (GPU, n samples per request), `hf` (batched generate), `auto`: vLLM if usable."},
+        metadata={
+            "help": "`server` (OpenAI-compatible inference servers: `server_urls` or `server_command`), `hf` "
+            "(batched generate in this process), `auto`: `server` when servers are given, else `hf`."
+        },
     )
     batch_size: int | None = field(
         default=None,
-        metadata={"help": "Prompts per generation call and per saved chunk (default 8 for hf, 256 for vllm)."},
+        metadata={"help": "Prompts per generation call and per saved chunk (default 8 for hf, 32 for server)."},
+    )
+    server_urls: list[str] | str | None = field(
+        default=None,
+        metadata={
+            "help": "OpenAI-compatible endpoints (vLLM, SGLang, a router), e.g. `http://10.0.0.5:8000/v1`; a list "
+            "or a comma-separated string. Requests are spread over them and retried on another one."
+        },
+    )
+    server_command: str | None = field(
+        default=None,
+        metadata={
+            "help": "Start one server for this run from a command template with `{model}` and `{port}`, wait until "
+            "it answers, stop it at the end (its output: `output_dir/server.log`)."
+        },
+    )
+    server_model: str | None = field(
+        default=None,
+        metadata={"help": "The served model name to request (default: the one model the servers list)."},
+    )
+    server_api_key_env: str = field(
+        default="SIMPO_SERVER_API_KEY",
+        metadata={"help": "Environment variable holding the servers' API key (never put the key in a config)."},
+    )
+    max_concurrency: int = field(
+        default=8,
+        metadata={"help": "Requests in flight per endpoint, each one prompt x `num_samples` sequences."},
+    )
+    request_timeout: float = field(
+        default=600.0, metadata={"help": "Seconds before a request counts as failed and is retried elsewhere."}
+    )
+    server_start_timeout: float = field(
+        default=900.0, metadata={"help": "Seconds to wait for the servers to answer at the start of a run."}
     )
     reward_model: str | None = field(
         default=None,
@@ -93,7 +137,19 @@ class GenerationArguments:
             (self.temperature >= 0, f"`temperature` must be >= 0, got {self.temperature}."),
             (0 < self.top_p <= 1, f"`top_p` must be in (0, 1], got {self.top_p}."),
             (self.max_new_tokens >= 1, f"`max_new_tokens` must be >= 1, got {self.max_new_tokens}."),
+            (self.backend != "vllm", VLLM_REPLACED),
             (self.backend in BACKENDS, f"`backend` must be one of {', '.join(BACKENDS)}, got `{self.backend}`."),
+            (not (self.server_urls and self.server_command), "Give `server_urls` (servers you started) or "
+             "`server_command` (one the run starts), not both."),
+            (self.backend != "server" or self.has_servers, "`backend: server` needs `server_urls` (running "
+             "OpenAI-compatible endpoints) or `server_command` (a command that starts one)."),
+            (self.backend != "hf" or not self.has_servers, "`server_urls`/`server_command` are for `backend: server`; "
+             "remove them or set `backend: server` (or `auto`)."),
+            (not self.bad_url, f"`server_urls`: `{self.bad_url}` is not an http(s) URL (e.g. http://127.0.0.1:8000/v1)."),
+            (self.max_concurrency >= 1, f"`max_concurrency` must be >= 1, got {self.max_concurrency}."),
+            (self.request_timeout > 0, f"`request_timeout` must be > 0 seconds, got {self.request_timeout}."),
+            (self.server_start_timeout > 0, f"`server_start_timeout` must be > 0 seconds, got "
+             f"{self.server_start_timeout}."),
             (self.batch_size is None or self.batch_size >= 1, f"`batch_size` must be >= 1, got {self.batch_size}."),
             (self.reward_batch_size >= 1, f"`reward_batch_size` must be >= 1, got {self.reward_batch_size}."),
             (not (self.reward_model and self.reward_function), "Give one scorer, `reward_model` or "
@@ -101,6 +157,8 @@ class GenerationArguments:
         ]  # fmt: skip
 
     def __post_init__(self) -> None:
+        if isinstance(self.server_urls, str):
+            self.server_urls = [u.strip() for u in self.server_urls.split(",") if u.strip()]
         check_types(self)
         for ok, message in self.validation():
             if not ok:
@@ -110,8 +168,25 @@ class GenerationArguments:
     def has_scorer(self) -> bool:
         return bool(self.reward_model or self.reward_function)
 
+    @property
+    def bad_url(self) -> str | None:
+        """The first of ``server_urls`` that is not an http(s) URL, or None."""
+        urls = self.server_urls if isinstance(self.server_urls, list) else []
+        return next((url for url in urls if not str(url).strip().startswith(("http://", "https://"))), None)
+
+    @property
+    def has_servers(self) -> bool:
+        return bool(self.server_urls or self.server_command)
+
+    @property
+    def resolved_backend(self) -> str:
+        """``auto`` -> ``server`` when servers are given, else ``hf``."""
+        if self.backend == "auto":
+            return "server" if self.has_servers else "hf"
+        return self.backend
+
     def chunk_size(self, backend: str) -> int:
-        return self.batch_size or (256 if backend == "vllm" else 8)
+        return self.batch_size or (32 if backend == "server" else 8)
 
 
 @dataclass
@@ -124,8 +199,17 @@ class PairsArguments(GenerationArguments):
     min_score_gap: float = field(
         default=0.0, metadata={"help": "Drop a prompt whose best and worst scores differ by less (ties always drop)."}
     )
-    keep_truncated: bool = field(
-        default=False, metadata={"help": "Keep pairs whose chosen or rejected response hit `max_new_tokens`."}
+    drop_truncated: str = field(
+        default="chosen",
+        metadata={
+            "help": "Which truncated side drops a pair: `chosen` (default) drops a pair only when the chosen answer "
+            "was cut off at `max_new_tokens`, keeping pairs whose rejected answer rambled past the budget; `both` "
+            "drops when either was; `none` keeps all."
+        },
+    )
+    keep_truncated: bool | None = field(
+        default=None,
+        metadata={"help": "Deprecated: `true` is `drop_truncated: none`, `false` is `drop_truncated: both`."},
     )
     dataset_name: str = field(default="onpolicy", metadata={"help": "Name of the output's dataset_info.json entry."})
     num_shards: int = field(default=1, metadata={"help": "Split the prompts over this many machines or runs."})
@@ -142,11 +226,49 @@ class PairsArguments(GenerationArguments):
             ),
             (bool(self.dataset_name.strip()), "`dataset_name` must not be empty."),
             (
+                self.drop_truncated in DROP_TRUNCATED,
+                f"`drop_truncated` must be one of {', '.join(DROP_TRUNCATED)}, got {self.drop_truncated!r}.",
+            ),
+            (
+                self.keep_truncated is None or isinstance(self.keep_truncated, bool),
+                f"`keep_truncated` must be true or false, got {self.keep_truncated!r}.",
+            ),
+            (
+                self.keep_truncated is None or self.drop_truncated in ("chosen", self.keep_truncated_means),
+                f"`keep_truncated: {str(self.keep_truncated).lower()}` (deprecated) means `drop_truncated: "
+                f"{self.keep_truncated_means}`, but `drop_truncated: {self.drop_truncated}` is given too; keep only "
+                "`drop_truncated`.",
+            ),
+            (
                 self.has_scorer,
                 "Give exactly one scorer: `reward_model` (a classifier reward model or a LLaMA-Factory `stage: rm` "
                 "output dir) or `reward_function` (`package.module:function`); got neither.",
             ),
         ]
+
+    @property
+    def keep_truncated_means(self) -> str | None:
+        """The ``drop_truncated`` value that the deprecated ``keep_truncated`` stands for (None when not given).
+
+        ``drop_truncated`` at its default, ``chosen``, counts as not given (the dataclass cannot tell the two apart),
+        so only ``both`` or ``none`` can conflict with ``keep_truncated``.
+        """
+        if self.keep_truncated is None:
+            return None
+        return "none" if self.keep_truncated else "both"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.keep_truncated is not None:  # validated: a bool that agrees with `drop_truncated`
+            means = self.keep_truncated_means
+            warnings.warn(
+                f"`keep_truncated` is deprecated: use `drop_truncated: {means}` instead of "
+                f"`keep_truncated: {str(self.keep_truncated).lower()}` (`drop_truncated: none|both`; the default, "
+                "`chosen`, drops a pair only when its chosen answer was cut off).",
+                FutureWarning,
+                stacklevel=3,  # the caller of the dataclass's __init__
+            )
+            self.drop_truncated = means
 
 
 @dataclass
@@ -221,6 +343,11 @@ class EvalArguments(GenerationArguments):
             (self.judge_batch_size >= 1, f"`judge_batch_size` must be >= 1, got {self.judge_batch_size}."),
             (self.bootstrap_samples >= 0, f"`bootstrap_samples` must be >= 0, got {self.bootstrap_samples}."),
             (len(judges) <= 1, f"Give one judge, not {' and '.join(f'`{k}`' for k in judges)}."),
+            (
+                self.resolved_backend == "hf",
+                "`simpo-plugin eval` generates in this process (`backend: hf`); for "
+                "answers from an inference server, write them to an outputs file and list it as `{name, outputs}`.",
+            ),
         ]
 
 

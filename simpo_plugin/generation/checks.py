@@ -59,14 +59,9 @@ def load_check_set(spec: str) -> tuple[str, list[dict[str, Any]]]:
 
 def check_prompts(tasks: list[dict[str, Any]], template: Any, tokenizer: Any, name: str) -> list["Prompt"]:
     """The tasks as single-turn prompts rendered with the model's template (sources ``check:<set>#<i>``)."""
-    from .prompts import Prompt, prompt_key, render_prompt
+    from .prompts import instruction_prompts
 
-    prompts = []
-    for index, task in enumerate(tasks):
-        messages = [{"role": "user", "content": task["instruction"]}]
-        ids = render_prompt(template, tokenizer, messages, "", "")
-        prompts.append(Prompt(prompt_key(messages, "", ""), messages, "", "", ids, f"check:{name}#{index}"))
-    return prompts
+    return instruction_prompts([task["instruction"] for task in tasks], f"check:{name}", template, tokenizer)
 
 
 def _number(text: str) -> float | None:

@@ -26,8 +26,7 @@ from .judges import FunctionJudge, Judgment, from_scores, load_llm_judge
 from .leaderboard import Comparison, build_leaderboard, pairwise_table
 from .metrics import Generated, summarize
 from .pairs import load_sampler
-from .prompts import Prompt, load_prompts, prompt_key
-from .sampling import resolve_backend
+from .prompts import Prompt, instruction_prompts, load_prompts
 from .scorers import check_scorer, import_callable, load_scorer
 from .store import write_atomic
 
@@ -88,11 +87,7 @@ def generate_with(
 
 def outputs_prompts(rows: list[dict[str, str]]) -> list[Prompt]:
     """Single-turn prompts from an outputs file's instructions (no template: only judges read them)."""
-    prompts = []
-    for index, row in enumerate(rows):
-        messages = [{"role": "user", "content": row["instruction"]}]
-        prompts.append(Prompt(prompt_key(messages, "", ""), messages, "", "", [], f"outputs#{index}"))
-    return prompts
+    return instruction_prompts([row["instruction"] for row in rows], "outputs")
 
 
 def comparisons(names: list[str], baseline: str, pairwise: bool) -> list[Comparison]:
@@ -129,7 +124,7 @@ def evaluate_models(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     answers: dict[str, list[list[Generated]]] = {}
     replies: dict[str, dict[str, list[str]]] = {}
     tokenizer = None
-    backend = resolve_backend(settings.backend) if paths else "hf"
+    backend = "hf"
     for entry in paths:
         model_prompts, answers[entry.name], _, model_tokenizer, replies[entry.name] = generate_with(
             entry.path or "", raw, backend, check_sets

@@ -50,16 +50,21 @@ def write_dataset(output_dir: Path, name: str, rows: list[dict[str, Any]]) -> No
 
 
 def candidate_lines(index: int, prompt: Prompt, record: dict, scores: list[float], selection: Selection) -> list[str]:
-    """One JSON line per sample: text, score, flags, and its role in the pair (or the prompt's drop reason)."""
+    """One JSON line per sample: text, score, flags, and its role in the pair (or the prompt's drop reason).
+
+    The rejected sample of a kept pair that hit ``max_new_tokens`` is flagged ``rejected_truncated`` as well as
+    ``truncated`` (kept under ``drop_truncated: chosen`` or ``none``).
+    """
     lines = []
     for j, sample in enumerate(record["samples"]):
         score = scores[j]
+        role = "chosen" if selection.kept and j == selection.chosen else None
+        role = "rejected" if selection.kept and j == selection.rejected else role
         flags = ["truncated"] if sample["truncated"] else []
+        flags += ["rejected_truncated"] if role == "rejected" and selection.rejected_truncated else []
         flags += [] if sample["text"].strip() else ["empty"]
         if not math.isfinite(score):
             flags.append(f"non_finite:{score}")
-        role = "chosen" if selection.kept and j == selection.chosen else None
-        role = "rejected" if selection.kept and j == selection.rejected else role
         entry = {
             "prompt_index": index,
             "sample_index": j,

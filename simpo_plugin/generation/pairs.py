@@ -8,6 +8,7 @@ samples depend only on the base seed and the prompt, that equals an uninterrupte
 """
 
 import gc
+import importlib.util
 import math
 import time
 from collections.abc import Callable
@@ -21,9 +22,11 @@ from .args import PairsArguments, PairsConfigError, fingerprint, parse_pairs_arg
 from .outputs import candidate_lines, pair_row, write_dataset
 from .prompts import Prompt, PromptSet, ids_digest, load_prompts
 from .report import PairsStats, plot_report, render_markdown
-from .sampling import HFSampler, Sample, Sampler, VLLMSampler, resolve_backend
+from .sampling import HFSampler, Sample, Sampler, sample_chunks
 from .scorers import check_scorer, load_scorer
 from .selection import select_pair
+from .server import ServerSampler, api_key, base_url, pick_model, wait_for_servers
+from .serving import ManagedServer
 from .store import PartStore, shard_tag, write_atomic
 
 
@@ -36,7 +39,11 @@ def chunks_of(num_prompts: int, size: int, num_shards: int = 1, shard_index: int
     return [range(s, min(s + size, num_prompts)) for k, s in enumerate(starts) if k % num_shards == shard_index]
 
 
-def load_sampler(backend: str, settings: PairsArguments, model_args: Any, data_args: Any) -> Sampler:
+def load_sampler(
+    backend: str, settings: Any, model_args: Any, data_args: Any, output_dir: Path | None = None
+) -> Sampler:
+    """The backend's sampler; for ``server``, the endpoints are waited for (a ``server_command`` server is started
+    first, its log in ``output_dir/server.log``) and the sampler's ``close()`` stops what was started."""
     from llamafactory.data import get_template_and_fix_tokenizer
     from llamafactory.hparams import FinetuningArguments
     from llamafactory.model import load_model, load_tokenizer
@@ -44,10 +51,47 @@ def load_sampler(backend: str, settings: PairsArguments, model_args: Any, data_a
     tokenizer = load_tokenizer(model_args)["tokenizer"]
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
     stop_ids = template.get_stop_token_ids(tokenizer)
-    if backend == "vllm":
-        return VLLMSampler(model_args, stop_ids, settings)
+    if backend == "server":
+        return open_servers(settings, model_args.model_name_or_path, tokenizer, stop_ids, output_dir or Path("."))
     model = load_model(tokenizer, model_args, FinetuningArguments(), is_trainable=False)
     return HFSampler(model, tokenizer, stop_ids, settings)
+
+
+def open_servers(settings: Any, model_path: str, tokenizer: Any, stop_ids: list[int], output_dir: Path) -> Sampler:
+    """Connect to ``server_urls``, or start ``server_command``; wait until they answer; a :class:`ServerSampler`."""
+    managed = None
+    if settings.server_command:
+        managed = ManagedServer(settings.server_command, model_path, output_dir / "server.log").__enter__()
+        urls = [managed.url]
+        logger.info_rank0(f"Started the server of `server_command` (log: {managed.log_path}); waiting for it.")
+    else:
+        urls = [base_url(url) for url in settings.server_urls]
+    try:
+        start = time.monotonic()
+        models = wait_for_servers(urls, api_key(settings.server_api_key_env), settings.server_start_timeout,
+                                  logger.warning_rank0, managed.check_alive if managed else None)  # fmt: skip
+        model = pick_model(models, settings.server_model)
+        logger.info_rank0(
+            f"{len(models)} inference server(s) answered after {time.monotonic() - start:.0f} s, serving `{model}`: "
+            f"{', '.join(models)} ({settings.max_concurrency} requests in flight each)"
+        )
+        return ServerSampler(list(models), model, tokenizer, stop_ids, settings, logger.warning_rank0, managed)
+    except BaseException:
+        if managed is not None:
+            managed.stop()
+        raise
+
+
+def check_server(settings: Any, model_args: Any, backend: str) -> None:
+    """``backend: server`` needs the ``openai`` client; a LoRA policy on a server is the adapter the server serves,
+    which must be named (``server_model``)."""
+    if backend == "server" and importlib.util.find_spec("openai") is None:
+        raise PairsConfigError("`backend: server` needs the `openai` client: pip install 'simpo-plugin[server]'.")
+    if backend == "server" and model_args.adapter_name_or_path and not settings.server_model:
+        raise PairsConfigError(
+            "`adapter_name_or_path` with `backend: server`: the server must serve the adapter (vLLM: `--enable-lora "
+            "--lora-modules policy=ADAPTER_DIR`); set `server_model` to its served name (e.g. `policy`)."
+        )
 
 
 def sample_record(index: int, prompt: Prompt, samples: list[Sample]) -> dict[str, Any]:
@@ -71,6 +115,8 @@ def run_phase(desc: str, todo: list[range], work: Callable[[range], None], unit:
 
 
 def sample_missing(store: PartStore, prompts: list[Prompt], mine: list[range], load: Callable[[], Sampler]) -> str:
+    """Sample every prompt of ``mine`` without saved samples; a chunk's records are saved as soon as it is done.
+    Returns the rate line (samples/s and tokens/s), or "" when nothing was missing."""
     done = store.read("samples")
     for index, record in done.items():
         if index < len(prompts) and record["key"] != prompts[index].key:
@@ -80,17 +126,29 @@ def sample_missing(store: PartStore, prompts: list[Prompt], mine: list[range], l
         return ""
     sampler = load()
     counts = {"samples": 0, "tokens": 0}
-
-    def work(chunk: range) -> None:
-        results = sampler.sample([prompts[i] for i in chunk])
-        store.append("samples", [sample_record(i, prompts[i], s) for i, s in zip(chunk, results, strict=True)
-                                 if i not in done])  # fmt: skip
-        counts["samples"] += sum(len(s) for s in results)
-        counts["tokens"] += sum(x.tokens for s in results for x in s)
-
-    seconds = run_phase("Sampling", todo, work)
-    sampler = None  # free the policy before the reward model loads
-    gc.collect()
+    start = time.perf_counter()
+    chunks = None
+    try:
+        with tqdm(total=sum(map(len, todo)), desc="Sampling", unit="prompt", dynamic_ncols=True) as bar:
+            chunks = sample_chunks(sampler, [[prompts[i] for i in chunk] for chunk in todo])
+            for k, results in chunks:
+                chunk = todo[k]
+                store.append("samples", [sample_record(i, prompts[i], s) for i, s in zip(chunk, results, strict=True)
+                                         if i not in done])  # fmt: skip
+                counts["samples"] += sum(len(s) for s in results)
+                counts["tokens"] += sum(x.tokens for s in results for x in s)
+                seconds = max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix_str(f"{counts['samples'] / seconds:.2f} samples/s, {counts['tokens'] / seconds:.1f} "
+                                    "tokens/s", refresh=False)  # fmt: skip
+                bar.update(len(chunk))
+    finally:
+        if chunks is not None:
+            chunks.close()  # a server sampler's generator stops its retries and its thread pool
+        if hasattr(sampler, "close"):
+            sampler.close()
+        sampler = None  # free the policy before the reward model loads
+        gc.collect()
+    seconds = time.perf_counter() - start
     rate = f"{counts['samples']} samples in {seconds:.1f} s ({counts['samples'] / seconds:.2f} samples/s, "
     rate += f"{counts['tokens'] / seconds:.1f} tokens/s)"
     logger.info_rank0(f"Sampled {rate}")
@@ -132,7 +190,8 @@ def select_and_write(
         record, values = samples[index], scores[index]["scores"]
         texts = [s["text"] for s in record["samples"]]
         truncated = [s["truncated"] for s in record["samples"]]
-        selection = select_pair(texts, values, truncated, settings.min_score_gap, settings.keep_truncated)
+        selection = select_pair(texts, values, truncated, settings.min_score_gap, settings.drop_truncated)
+        stats.kept_rejected_truncated += selection.rejected_truncated  # only set on a kept pair
         candidates += candidate_lines(index, prompt, record, values, selection)
         stats.prompts += 1
         stats.samples += len(texts)
@@ -158,10 +217,11 @@ def select_and_write(
 def build_pairs(raw: dict[str, Any]) -> PairsStats | None:
     """Run the whole recipe for a config dict; returns the stats, or None for a shard (no outputs yet)."""
     settings, model_args, data_args = parse_pairs_args(raw)
-    backend = resolve_backend(settings.backend)
+    backend = settings.resolved_backend
     output_dir = Path(settings.output_dir)
     store = PartStore(output_dir, shard_tag(settings.num_shards, settings.shard_index))
     check_scorer(settings, model_args)
+    check_server(settings, model_args, backend)
     store.prepare(fingerprint(settings, model_args, data_args, backend), settings.overwrite_output_dir)
 
     from llamafactory.data import get_template_and_fix_tokenizer
@@ -176,7 +236,9 @@ def build_pairs(raw: dict[str, Any]) -> PairsStats | None:
         f"{len(prompts)} unique prompts from {prompt_set.rows} rows; this run takes {sum(map(len, mine))} of them "
         f"({settings.num_samples} samples each, backend {backend})"
     )
-    rate = sample_missing(store, prompts, mine, lambda: load_sampler(backend, settings, model_args, data_args))
+    rate = sample_missing(
+        store, prompts, mine, lambda: load_sampler(backend, settings, model_args, data_args, output_dir)
+    )
     score_missing(store, prompts, mine, lambda: load_scorer(settings, model_args, data_args.template))
     if settings.num_shards > 1:
         logger.info_rank0(

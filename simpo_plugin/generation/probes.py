@@ -79,6 +79,7 @@ class GenerationProbe(TrainerCallback):
         self.settings, self.model_args, self.template_name = settings, model_args, template_name
         self.probed = len(prompts)  # prompts[probed:] are the capability checks' prompts
         self.prompts = list(prompts) + [p for _, _, check_prompts in settings.checks for p in check_prompts]
+        self.tasks = [(name, task) for name, tasks, _ in settings.checks for task in tasks]  # of prompts[probed:]
         self.reference: list[float] | None = None
         self.reference_texts: dict[int, str] | None = None
         self.check_start: dict[str, list[bool]] | None = None
@@ -89,7 +90,6 @@ class GenerationProbe(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.global_step > 0:  # resumed: the reference is the run's first probe, this step may be probed already
-            self.reference = self._saved_reference()
             self._restore_start()
             if any("probe/length" in e and e.get("step") == state.global_step for e in state.log_history):
                 self.last_step = state.global_step
@@ -104,42 +104,31 @@ class GenerationProbe(TrainerCallback):
         if self.last_step != state.global_step:
             self.probe(state.global_step)
 
-    def _saved_reference(self) -> list[float] | None:
-        if not self.path.is_file():
-            return None
-        records = [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        first = min((r["step"] for r in records), default=None)
-        by_key = {r["key"]: r["score"] for r in records if r["step"] == first}
-        scores = [by_key.get(prompt.key) for prompt in self.prompts[: self.probed]]
-        return None if any(score is None for score in scores) else scores
-
     def _restore_start(self) -> None:
-        """The start's answers (for the judge) and check outcomes, from the run's first probe in the file."""
+        """The start's scores (the reference), answers (for the judge) and check outcomes, from the run's first
+        probe in ``generations.jsonl``; each stays None when that probe lacks it."""
         if not self.path.is_file():
             return
         records = [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
         first = min((r["step"] for r in records), default=None)
         by_key = {r["key"]: r for r in records if r["step"] == first}
         found = [by_key.get(prompt.key) for prompt in self.prompts]
-        if all(record is not None for record in found[: self.probed]):
-            self.reference_texts = {i: found[i]["response"] for i in range(self.probed)}
+        probed = found[: self.probed]
+        if all(record is not None for record in probed):
+            self.reference_texts = {i: record["response"] for i, record in enumerate(probed)}
+            scores = [record.get("score") for record in probed]
+            self.reference = None if any(score is None for score in scores) else scores
         if all(record is not None and "passed" in record for record in found[self.probed :]):
             self.check_start = self._check_outcomes({i: found[i]["passed"] for i in range(self.probed, len(found))})
 
     def _check_outcomes(self, passed: dict[int, bool]) -> dict[str, list[bool]]:
-        outcomes, start = {}, self.probed
-        for name, tasks, _ in self.settings.checks:
-            outcomes[name] = [bool(passed[start + k]) for k in range(len(tasks))]
-            start += len(tasks)
+        outcomes: dict[str, list[bool]] = {name: [] for name, _, _ in self.settings.checks}
+        for k, (name, _) in enumerate(self.tasks):
+            outcomes[name].append(bool(passed[self.probed + k]))
         return outcomes
 
     def _task(self, index: int) -> dict | None:
-        start = self.probed
-        for _, tasks, _ in self.settings.checks:
-            if index < start + len(tasks):
-                return tasks[index - start] if index >= start else None
-            start += len(tasks)
-        return None
+        return self.tasks[index - self.probed][1] if index >= self.probed else None
 
     def _judged(self, indices: list[int], texts: list[str]) -> list[float | None]:
         """P(this answer beats the start's) for probe prompts; 0.5 at the start, None for check prompts."""

@@ -76,6 +76,19 @@ def render_prompt(
     return prompt_ids
 
 
+def instruction_prompts(
+    instructions: list[str], source: str, template: Any = None, tokenizer: Any = None
+) -> list[Prompt]:
+    """Single-turn prompts from plain instructions, sources ``<source>#<i>``: rendered with ``template`` and
+    ``tokenizer`` when given, else without ids (for readers of the text only, such as judges)."""
+    prompts = []
+    for index, instruction in enumerate(instructions):
+        messages = [{"role": "user", "content": instruction}]
+        ids = render_prompt(template, tokenizer, messages, "", "") if template is not None else []
+        prompts.append(Prompt(prompt_key(messages, "", ""), messages, "", "", ids, f"{source}#{index}"))
+    return prompts
+
+
 def row_problem(row: dict[str, Any]) -> str | None:
     """Why a converted row gives no text prompt, or None."""
     if any(row.get(column) for column in ("_images", "_videos", "_audios")):

@@ -28,6 +28,7 @@ class PairsStats:
     prompts: int = 0
     samples: int = 0
     truncated_samples: int = 0
+    kept_rejected_truncated: int = 0  # kept pairs whose rejected answer hit max_new_tokens
     empty_samples: int = 0
     drops: Counter = field(default_factory=Counter)
     non_finite: list[str] = field(default_factory=list)
@@ -62,8 +63,11 @@ class PairsStats:
 
     def summary(self) -> str:
         drops = ", ".join(f"{reason} {self.drops[reason]}" for reason in DROP_REASONS if self.drops[reason])
+        rambled = self.kept_rejected_truncated
+        cut = f" ({rambled} with a cut-off rejected answer)" if rambled else ""
         return (
-            f"{self.kept} pairs kept from {self.prompts} prompts ({self.samples} samples); dropped: {drops or 'none'}"
+            f"{self.kept} pairs kept{cut} from {self.prompts} prompts ({self.samples} samples); "
+            f"dropped: {drops or 'none'}"
         )
 
 
@@ -99,6 +103,7 @@ def render_markdown(stats: PairsStats, dataset_name: str) -> str:
         f"| samples truncated at max_new_tokens | {stats.truncated_samples} |",
         f"| empty samples | {stats.empty_samples} |",
         f"| **pairs kept** | **{stats.kept}** |",
+        f"| kept pairs whose rejected answer was cut off at max_new_tokens | {stats.kept_rejected_truncated} |",
     ]
     lines += [f"| dropped: {reason} | {stats.drops[reason]} |" for reason in DROP_REASONS]
     lines += ["", f"Score gap (chosen - rejected) of kept pairs, min/p10/median/p90/max: {quantiles(stats.gaps)}"]

@@ -6,14 +6,13 @@
   argmax picks the token. argmax(logits / T + Gumbel) is an exact draw from softmax(logits / T) (the Gumbel-max
   trick), and since no row draws from a shared random stream, a prompt gets the same samples in any batch,
   any shard and any resumed run (up to float differences that padding can cause in the model's forward).
-- :class:`VLLMSampler`: vLLM with ``SamplingParams(n=..., seed=<prompt seed>)``, tensor parallel over the
-  visible GPUs.
+- :class:`~.server.ServerSampler`: OpenAI-compatible inference servers (vLLM and others), ``n`` samples per
+  request with the prompt's seed.
 
 Both stop at the template's stop tokens; a sample that never stopped within ``max_new_tokens`` is truncated.
 """
 
 import hashlib
-import importlib.util
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,8 +20,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor
-
-from .args import PairsConfigError
 
 
 if TYPE_CHECKING:
@@ -46,16 +43,14 @@ def sample_seed(seed: int, key: str, index: int = -1) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def resolve_backend(backend: str) -> str:
-    """``auto`` -> ``vllm`` when vLLM is installed and a GPU is visible, else ``hf``; ``vllm`` is checked."""
-    has_vllm, has_gpu = importlib.util.find_spec("vllm") is not None, torch.cuda.is_available()
-    if backend == "auto":
-        return "vllm" if has_vllm and has_gpu else "hf"
-    if backend == "vllm" and not has_vllm:
-        raise PairsConfigError("`backend: vllm` needs vLLM, which is not installed: `pip install vllm`, or use `hf`.")
-    if backend == "vllm" and not has_gpu:
-        raise PairsConfigError("`backend: vllm` needs a CUDA GPU and none is visible; use `backend: hf` on CPU.")
-    return backend
+def sample_chunks(sampler: Sampler, chunks: list[list["Prompt"]]) -> Iterator[tuple[int, list[list[Sample]]]]:
+    """Yield ``(chunk index, its samples)``: the sampler's own pipelined version where it has one (servers keep
+    many requests in flight across chunks), else one :meth:`Sampler.sample` call per chunk, in order."""
+    if hasattr(sampler, "sample_chunks"):
+        yield from sampler.sample_chunks(chunks)
+        return
+    for index, chunk in enumerate(chunks):
+        yield index, sampler.sample(chunk)
 
 
 def split_at_stop(tokens: list[int], stop_ids: set[int]) -> tuple[list[int], bool]:
@@ -146,59 +141,3 @@ class HFSampler:
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
             samples.append(Sample(text, len(tokens), truncated))
         return [samples[i * n : (i + 1) * n] for i in range(len(prompts))]
-
-
-class VLLMSampler:
-    """vLLM engine: one request per prompt with ``n`` samples and the prompt's own seed."""
-
-    def __init__(self, model_args: Any, stop_ids: list[int], settings: Any) -> None:
-        from vllm import LLM
-
-        self.settings, self.stop_ids = settings, list(stop_ids)
-        adapters = model_args.adapter_name_or_path or []
-        if len(adapters) > 1:
-            raise PairsConfigError("`backend: vllm` takes one adapter in `adapter_name_or_path`; merge them first.")
-        engine_args = {
-            "model": model_args.model_name_or_path,
-            "trust_remote_code": model_args.trust_remote_code,
-            "dtype": model_args.infer_dtype,
-            "max_model_len": model_args.vllm_maxlen,
-            "tensor_parallel_size": max(torch.cuda.device_count(), 1),
-            "gpu_memory_utilization": model_args.vllm_gpu_util,
-            "enforce_eager": model_args.vllm_enforce_eager,
-            "seed": settings.seed,
-            "enable_lora": bool(adapters),
-        }
-        if adapters:
-            engine_args["max_lora_rank"] = model_args.vllm_max_lora_rank
-        engine_args.update(model_args.vllm_config or {})
-        self.engine = LLM(**engine_args)
-        self.lora = None
-        if adapters:
-            from vllm.lora.request import LoRARequest
-
-            self.lora = LoRARequest("default", 1, adapters[0])
-
-    def sample(self, prompts: list["Prompt"]) -> list[list[Sample]]:
-        from vllm import SamplingParams
-
-        settings = self.settings
-        params = [
-            SamplingParams(
-                n=settings.num_samples,
-                temperature=settings.temperature,
-                top_p=settings.top_p,
-                max_tokens=settings.max_new_tokens,
-                seed=sample_seed(settings.seed, prompt.key),
-                stop_token_ids=self.stop_ids,
-                skip_special_tokens=True,
-            )
-            for prompt in prompts
-        ]
-        requests = [{"prompt_token_ids": prompt.ids} for prompt in prompts]
-        outputs = self.engine.generate(requests, params, lora_request=self.lora, use_tqdm=False)
-        return [
-            [Sample(o.text, len(o.token_ids) - (o.finish_reason == "stop"), o.finish_reason == "length")
-             for o in output.outputs]
-            for output in outputs
-        ]  # fmt: skip

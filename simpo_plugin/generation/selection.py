@@ -5,7 +5,10 @@ Checks run in this order, and a dropped prompt counts under the first reason tha
 1. ``non_finite``: a score is NaN or infinite (the scorer failed on that sample);
 2. ``identical``: every sample has the same text, so there is nothing to prefer;
 3. ``tie``: best and worst score are equal, or differ by less than ``min_score_gap``;
-4. ``truncated``: the chosen or the rejected sample hit ``max_new_tokens`` (unless ``keep_truncated``);
+4. ``truncated``: a sample of the pair hit ``max_new_tokens``, as ``drop_truncated`` says: ``chosen`` (the
+   default) drops only when the chosen sample did, ``both`` when the chosen or the rejected one did, ``none``
+   never. A rejected answer that rambles past the budget is what the pair should teach against, so by default
+   such a pair is kept, with ``Selection.rejected_truncated`` set;
 5. ``empty``: the chosen or the rejected text is empty or whitespace (a preference for or against saying
    nothing teaches the model to stop early or to ramble).
 
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 
 
 DROP_REASONS = ("non_finite", "identical", "tie", "truncated", "empty")
+DROP_TRUNCATED = ("chosen", "both", "none")
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,7 @@ class Selection:
     rejected: int | None
     gap: float | None
     drop_reason: str | None
+    rejected_truncated: bool = False  # a kept pair whose rejected sample hit max_new_tokens
 
     @property
     def kept(self) -> bool:
@@ -36,9 +41,14 @@ def select_pair(
     scores: list[float],
     truncated: list[bool],
     min_score_gap: float = 0.0,
-    keep_truncated: bool = False,
+    drop_truncated: str = "chosen",
 ) -> Selection:
-    """Pick (chosen, rejected) sample indices for one prompt, or the reason to drop it."""
+    """Pick (chosen, rejected) sample indices for one prompt, or the reason to drop it.
+
+    ``drop_truncated`` is ``chosen``, ``both`` or ``none`` (see rule 4 above).
+    """
+    if drop_truncated not in DROP_TRUNCATED:
+        raise ValueError(f"drop_truncated must be one of {', '.join(DROP_TRUNCATED)}, got {drop_truncated!r}")
     if not all(math.isfinite(score) for score in scores):
         return Selection(None, None, None, "non_finite")
     chosen = max(range(len(scores)), key=lambda i: (scores[i], -i))
@@ -48,8 +58,8 @@ def select_pair(
         return Selection(chosen, rejected, gap, "identical")
     if gap <= 0 or gap < min_score_gap:
         return Selection(chosen, rejected, gap, "tie")
-    if not keep_truncated and (truncated[chosen] or truncated[rejected]):
+    if (truncated[chosen] and drop_truncated != "none") or (truncated[rejected] and drop_truncated == "both"):
         return Selection(chosen, rejected, gap, "truncated")
     if not texts[chosen].strip() or not texts[rejected].strip():
         return Selection(chosen, rejected, gap, "empty")
-    return Selection(chosen, rejected, gap, None)
+    return Selection(chosen, rejected, gap, None, rejected_truncated=bool(truncated[rejected]))
