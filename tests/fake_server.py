@@ -37,6 +37,7 @@ class FakeServer:
         self.delay = 0.0  # seconds per completion
         self.error_message = "engine failure"
         self.echo_prefix: list[int] = []  # prepended to the echoed prompt ids (a server that adds a BOS)
+        self.text_only: Any = None  # a tokenizer: answer with its decoded text and no ids (a non-vLLM server)
         self.lock = threading.Lock()
         self.in_flight = self.max_in_flight = self.completions = 0
         self.headers: list[dict[str, str]] = []
@@ -74,9 +75,13 @@ class FakeServer:
             stop_id = (body.get("stop_token_ids") or [2])[0]
             ids, finish = completion_ids(prompt, body["seed"], index, body["max_tokens"], self.vocab, stop_id)
             echoed = self.echo_prefix + prompt
+            if self.text_only is not None:
+                text = self.text_only.decode([i for i in ids if i != stop_id], skip_special_tokens=True)
+                choices.append({"index": index, "text": text, "finish_reason": finish, "logprobs": None})
+                continue
             choices.append({"index": index, "text": " ".join(map(str, ids)), "finish_reason": finish,
                             "token_ids": ids, "prompt_token_ids": echoed, "logprobs": None})  # fmt: skip
-        tokens = sum(len(c["token_ids"]) for c in choices)
+        tokens = sum(len(c.get("token_ids", [])) for c in choices)
         usage = {"prompt_tokens": len(prompt), "completion_tokens": tokens, "total_tokens": len(prompt) + tokens}
         return 200, {"id": "cmpl-fake", "object": "text_completion", "created": 0, "model": self.model,
                      "choices": list(reversed(choices)), "usage": usage}  # fmt: skip

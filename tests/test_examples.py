@@ -50,11 +50,16 @@ def test_eval_recipe_parses_greedy_with_the_reference_first(name: str, monkeypat
 
 @pytest.mark.parametrize("name", sorted(PAIRS))
 def test_pairs_recipe_parses_with_the_paper_sampling(name: str, monkeypatch) -> None:
-    from simpo_plugin.generation.args import parse_pairs_args
+    from simpo_plugin.generation.args import PairsConfigError, parse_pairs_args
     from simpo_plugin.generation.scorers import check_scorer
 
     monkeypatch.chdir(EXAMPLES.parent)  # the recipes name their files from the repository root
     raw = yaml.safe_load((EXAMPLES / name).read_text())
+    if raw.get("server_command") and not (EXAMPLES.parent / ".venv-vllm/bin/python").exists():
+        # without `make vllm-env` the config is refused up front, naming the missing interpreter
+        with pytest.raises(PairsConfigError, match=r"`\.venv-vllm/bin/python` does not exist \(a relative path"):
+            parse_pairs_args(raw)
+        monkeypatch.setattr("simpo_plugin.generation.serving.check_command", lambda template: "")
     settings, model_args, data_args = parse_pairs_args(raw)
     assert (settings.temperature, settings.top_p) == (0.8, 0.95) and settings.num_samples >= 4
     assert (EXAMPLES.parent / data_args.dataset_dir / "dataset_info.json").is_file()

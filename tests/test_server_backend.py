@@ -99,7 +99,8 @@ def test_a_failing_endpoint_leaves_the_rotation_and_the_bytes_stay(reference, ti
     assert f"endpoint {bad.url} taken out of the rotation after 3 failures in a row (last: HTTP 500" in caplog.text
 
 
-def test_a_closed_port_and_a_timeout_are_retried_elsewhere(reference, tiny_assets, prompt_dir, tmp_path) -> None:
+def test_a_closed_port_and_a_timeout_are_retried_elsewhere(reference, tiny_assets, prompt_dir, tmp_path,
+                                                            caplog) -> None:  # fmt: skip
     closed = FakeServer()
     closed_url = closed.url
     closed.httpd.server_close()  # nothing listens there any more
@@ -110,6 +111,11 @@ def test_a_closed_port_and_a_timeout_are_retried_elsewhere(reference, tiny_asset
     with FakeServer() as good:  # a dead endpoint at the start is waited for, then left out
         data, _ = run(tiny_assets, prompt_dir, tmp_path / "b", [closed_url, good.url], server_start_timeout=1)
     assert data == reference[0]
+    assert f"endpoint {closed_url} did not answer in 1 s (connection refused); left out." in caplog.text
+    with pytest.raises(RunStopped) as error:  # none answers: one message naming each endpoint once
+        run(tiny_assets, prompt_dir, tmp_path / "c", [closed_url], server_start_timeout=1)
+    assert str(error.value).count(closed_url) == 1 and "(connection refused)" in str(error.value)
+    assert caplog.text.count(f"endpoint {closed_url} did not answer") == 1
 
 
 def test_every_endpoint_gone_stops_the_run_and_the_rerun_resumes(reference, tiny_assets, prompt_dir,
@@ -133,6 +139,22 @@ def test_a_refused_request_names_the_prompt_and_the_server(tiny_assets, prompt_d
         assert len(one.bodies) <= 4  # not retried: a 400 is the config's fault
 
 
+def test_a_server_without_token_ids_gives_the_same_pairs_from_its_text(reference, tiny_assets, prompt_dir,
+                                                                        tmp_path) -> None:  # fmt: skip
+    """SGLang- or llama.cpp-like answers: text and finish reason only; tokens are counted with the tokenizer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_assets["model"])
+    with FakeServer() as one:
+        one.text_only = tokenizer
+        data, stats = run(tiny_assets, prompt_dir, tmp_path, [one.url])
+    assert data == reference[0] and stats.kept == reference[1].kept
+    lines = [json.loads(line) for line in (tmp_path / "candidates.jsonl").read_text().splitlines()]
+    counted = [len(tokenizer(c["response"], add_special_tokens=False)["input_ids"]) for c in lines]
+    assert [c["tokens"] for c in lines] == counted and sum(counted) > 0
+    assert sum("truncated" in c["flags"] for c in lines) == reference[1].truncated_samples > 0
+
+
 def test_a_server_that_changes_the_prompt_ids_is_an_error(tiny_assets, prompt_dir, tmp_path) -> None:
     with FakeServer() as one:
         one.echo_prefix = [1]  # a second BOS, as a server that re-tokenizes text would add
@@ -145,8 +167,19 @@ def test_the_api_key_comes_from_the_environment_only(tiny_assets, prompt_dir, tm
     with FakeServer() as one:
         run(tiny_assets, prompt_dir, tmp_path, [one.url], server_api_key_env="MY_VLLM_KEY", max_samples=1)
     assert one.headers and all(h["authorization"] == "Bearer s3cret" for h in one.headers)
-    with pytest.raises(PairsConfigError, match="Unknown key `api_key`"):
-        build_pairs({**pairs_config(tiny_assets["model"], prompt_dir, tmp_path), "api_key": "x"})
+    for key in ("api_key", "openai_api_key"):
+        with pytest.raises(
+            PairsConfigError, match=f"`{key}`: an API key never goes in a config file.*server_api_key_env"
+        ):
+            build_pairs({**pairs_config(tiny_assets["model"], prompt_dir, tmp_path), key: "x"})
+
+
+def test_a_resumed_run_keeps_its_served_model(tiny_assets, prompt_dir, tmp_path) -> None:
+    """Samples of one served model (an adapter, say) never mix with another's: `server_model` is a sampling key."""
+    with FakeServer() as one:
+        run(tiny_assets, prompt_dir, tmp_path, [one.url], max_samples=2)
+        with pytest.raises(PairsConfigError, match=r"server_model=None, this run has server_model='fake-model'"):
+            run(tiny_assets, prompt_dir, tmp_path, [one.url], max_samples=2, server_model="fake-model")
 
 
 def test_server_model_is_checked_and_picked() -> None:
@@ -168,6 +201,14 @@ def test_server_model_is_checked_and_picked() -> None:
         ({"server_urls": "http://x:1", "max_concurrency": 0}, "`max_concurrency` must be >= 1"),
         ({"server_urls": "http://x:1", "request_timeout": 0}, "`request_timeout` must be > 0"),
         ({"server_urls": "http://x:1", "max_concurrency": "8"}, "`max_concurrency` must be an integer"),
+        ({"server_urls": "http://x:1/v1,http://x:1/"}, "`server_urls` lists `http://x:1/` twice"),
+        ({"server_command": "vllm serve {model}"}, "`server_command` must contain `{port}`"),
+        ({"server_command": "vllm serve {model} --port {port} --x {gpu}"}, "placeholders {model} and {port} only"),
+        ({"server_command": "no-such-server-xyz --port {port}"}, "`no-such-server-xyz` is not on PATH"),
+        (
+            {"server_command": "A=1 venv/bin/python -m vllm --port {port}"},
+            "`venv/bin/python` does not exist (a relative path is taken from the working directory, ",
+        ),
     ],
 )
 def test_bad_server_keys_name_the_key(overrides, message) -> None:
@@ -188,8 +229,8 @@ def test_server_urls_take_a_list_or_commas_and_auto_picks_server() -> None:
     assert args.server_urls == ["http://a:1/v1", "http://b:2"] and args.resolved_backend == "server"
     assert PairsArguments(output_dir="o", reward_function="m:f").resolved_backend == "hf"
     assert server.base_url("http://b:2/") == "http://b:2/v1"
-    with pytest.raises(PairsConfigError, match="not an http"):
-        server.base_url("b:2")
+    with pytest.raises(PairsConfigError, match="`server_urls`: `b:2` is not an http"):
+        PairsArguments(output_dir="o", reward_function="m:f", server_urls="http://a:1,b:2")
 
 
 def test_server_command_starts_waits_and_stops(reference, tiny_assets, prompt_dir, tmp_path) -> None:
@@ -209,20 +250,25 @@ def test_server_command_that_dies_quotes_its_log(tiny_assets, prompt_dir, tmp_pa
 
 
 def test_sigterm_stops_the_run_and_its_server(tiny_assets, prompt_dir, tmp_path) -> None:
-    command = f"{sys.executable} {FAKE} --port {{port}} --model {{model}} --delay 0.5"
+    """With requests in flight: they are dropped, not counted as the endpoint's failures (no rotation warning),
+    and the server is stopped at once (its requests take 2 s each; the run is gone long before they would end)."""
+    command = f"{sys.executable} {FAKE} --port {{port}} --model {{model}} --delay 2"
     config = pairs_config(tiny_assets["model"], prompt_dir, tmp_path, backend="server", server_command=command,
-                          max_concurrency=1, batch_size=1)  # fmt: skip
+                          max_concurrency=4, batch_size=1)  # fmt: skip
     (tmp_path / "pairs.yaml").write_text(yaml.safe_dump(config))
     cli = str(Path(sys.executable).with_name("simpo-plugin"))
-    client = subprocess.Popen([cli, "pairs", str(tmp_path / "pairs.yaml")], stderr=subprocess.PIPE, text=True)
+    client = subprocess.Popen([cli, "pairs", str(tmp_path / "pairs.yaml")], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)  # fmt: skip
     part = tmp_path / "parts" / "samples.all.jsonl"
     deadline = time.monotonic() + 120
     while not (part.exists() and part.read_text().count("\n") >= 1):
         assert client.poll() is None and time.monotonic() < deadline
         time.sleep(0.1)
     client.send_signal(signal.SIGTERM)
-    _, stderr = client.communicate(timeout=60)
-    assert client.returncode == 143 and "interrupted; run the same command again to resume" in stderr
+    output, _ = client.communicate(timeout=60)
+    assert client.returncode == 143 and "interrupted; run the same command again to resume" in output
+    assert "Stopping the server of `server_command`" in output
+    assert "taken out of the rotation" not in output and "Every inference server failed" not in output
     port = int((tmp_path / "server.log").read_text().split("fake server on http://127.0.0.1:")[1].split("/")[0])
     with pytest.raises(OSError):  # the server it started is gone too
         socket.create_connection(("127.0.0.1", port), timeout=1).close()

@@ -146,6 +146,9 @@ class GenerationArguments:
             (self.backend != "hf" or not self.has_servers, "`server_urls`/`server_command` are for `backend: server`; "
              "remove them or set `backend: server` (or `auto`)."),
             (not self.bad_url, f"`server_urls`: `{self.bad_url}` is not an http(s) URL (e.g. http://127.0.0.1:8000/v1)."),
+            (not self.repeated_url, f"`server_urls` lists `{self.repeated_url}` twice; list each endpoint once "
+             "(`max_concurrency` sets the requests in flight per endpoint)."),
+            (not self.command_problem, self.command_problem),
             (self.max_concurrency >= 1, f"`max_concurrency` must be >= 1, got {self.max_concurrency}."),
             (self.request_timeout > 0, f"`request_timeout` must be > 0 seconds, got {self.request_timeout}."),
             (self.server_start_timeout > 0, f"`server_start_timeout` must be > 0 seconds, got "
@@ -173,6 +176,25 @@ class GenerationArguments:
         """The first of ``server_urls`` that is not an http(s) URL, or None."""
         urls = self.server_urls if isinstance(self.server_urls, list) else []
         return next((url for url in urls if not str(url).strip().startswith(("http://", "https://"))), None)
+
+    @property
+    def repeated_url(self) -> str | None:
+        """The first endpoint that ``server_urls`` lists twice (``/v1`` or a trailing slash aside), or None."""
+        from .server import base_url
+
+        seen: set[str] = set()
+        for url in self.server_urls if isinstance(self.server_urls, list) else []:
+            if base_url(str(url)) in seen:
+                return str(url)
+            seen.add(base_url(str(url)))
+        return None
+
+    @property
+    def command_problem(self) -> str:
+        """Why ``server_command`` cannot start (no ``{port}``, a bad template, no such program), or ""."""
+        from .serving import check_command
+
+        return check_command(self.server_command) if self.server_command else ""
 
     @property
     def has_servers(self) -> bool:
@@ -354,8 +376,10 @@ class EvalArguments(GenerationArguments):
 # Keys whose change alters the samples (resp. the scores) already saved in `output_dir`.
 SAMPLING_KEYS = ("model_name_or_path", "adapter_name_or_path", "template", "default_system", "enable_thinking",
                  "cutoff_len", "dataset", "max_samples", "num_samples", "temperature", "top_p", "max_new_tokens",
-                 "seed", "backend")  # fmt: skip
+                 "seed", "backend", "server_model")  # fmt: skip
 SCORING_KEYS = ("reward_model", "reward_template", "reward_function")
+# Keys users reach for to give the servers' API key; the key itself comes from `server_api_key_env`.
+SECRET_KEYS = ("api_key", "openai_api_key", "server_api_key", "vllm_api_key")
 
 
 def host_arg_classes() -> tuple[type, type]:
@@ -377,6 +401,11 @@ def check_keys(raw: dict[str, Any], args_class: type = PairsArguments) -> None:
     known = known_keys(args_class)
     command = f"simpo-plugin {COMMANDS.get(args_class.__name__, 'pairs')}"
     for key in raw:
+        if key in SECRET_KEYS and key not in known:
+            raise PairsConfigError(
+                f"`{key}`: an API key never goes in a config file. Put it in an environment variable and name that "
+                "variable with `server_api_key_env` (default SIMPO_SERVER_API_KEY)."
+            )
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f" Did you mean `{close[0]}`?" if close else ""

@@ -51,9 +51,10 @@ def instruction_of(prompt: Prompt) -> str:
 
 
 def generate_with(
-    path: str, raw: dict[str, Any], backend: str, check_sets: list[tuple[str, list[dict]]] | None = None
+    path: str, raw: dict[str, Any], check_sets: list[tuple[str, list[dict]]] | None = None
 ) -> tuple[list[Prompt], list[list[Generated]], Any, Any, dict[str, list[str]]]:
-    """One model's answers to the dataset's prompts (and its greedy first answer to each check task).
+    """One model's answers to the dataset's prompts (and its greedy first answer to each check task), generated in
+    this process (``backend: hf``; answers from a server come as an outputs file).
 
     Returns ``(prompts, answers per prompt, model_args, tokenizer, check replies per set)``.
     """
@@ -66,8 +67,8 @@ def generate_with(
     tokenizer = load_tokenizer(model_args)["tokenizer"]
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
     prompts = load_prompts(model_args, data_args, template, tokenizer).prompts
-    sampler = load_sampler(backend, settings, model_args, data_args)
-    size = settings.chunk_size(backend)
+    sampler = load_sampler("hf", settings, model_args, data_args)
+    size = settings.chunk_size("hf")
 
     def run(batch: list[Prompt], label: str) -> list[list[Generated]]:
         out: list[list[Generated]] = []
@@ -124,10 +125,9 @@ def evaluate_models(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     answers: dict[str, list[list[Generated]]] = {}
     replies: dict[str, dict[str, list[str]]] = {}
     tokenizer = None
-    backend = "hf"
     for entry in paths:
         model_prompts, answers[entry.name], _, model_tokenizer, replies[entry.name] = generate_with(
-            entry.path or "", raw, backend, check_sets
+            entry.path or "", raw, check_sets
         )
         tokenizer = tokenizer or model_tokenizer
         if prompts is None:

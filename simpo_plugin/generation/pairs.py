@@ -61,7 +61,8 @@ def open_servers(settings: Any, model_path: str, tokenizer: Any, stop_ids: list[
     """Connect to ``server_urls``, or start ``server_command``; wait until they answer; a :class:`ServerSampler`."""
     managed = None
     if settings.server_command:
-        managed = ManagedServer(settings.server_command, model_path, output_dir / "server.log").__enter__()
+        managed = ManagedServer(settings.server_command, model_path, output_dir / "server.log", logger.info_rank0)
+        managed.__enter__()
         urls = [managed.url]
         logger.info_rank0(f"Started the server of `server_command` (log: {managed.log_path}); waiting for it.")
     else:
@@ -125,6 +126,7 @@ def sample_missing(store: PartStore, prompts: list[Prompt], mine: list[range], l
     if not todo:
         return ""
     sampler = load()
+    backend = sampler.describe()
     counts = {"samples": 0, "tokens": 0}
     start = time.perf_counter()
     chunks = None
@@ -150,7 +152,7 @@ def sample_missing(store: PartStore, prompts: list[Prompt], mine: list[range], l
         gc.collect()
     seconds = time.perf_counter() - start
     rate = f"{counts['samples']} samples in {seconds:.1f} s ({counts['samples'] / seconds:.2f} samples/s, "
-    rate += f"{counts['tokens'] / seconds:.1f} tokens/s)"
+    rate += f"{counts['tokens'] / seconds:.1f} tokens/s; {backend})"
     logger.info_rank0(f"Sampled {rate}")
     return rate
 

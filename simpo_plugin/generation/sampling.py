@@ -36,6 +36,8 @@ class Sample:
 class Sampler(Protocol):
     def sample(self, prompts: list["Prompt"]) -> list[list[Sample]]: ...
 
+    def describe(self) -> str: ...
+
 
 def sample_seed(seed: int, key: str, index: int = -1) -> int:
     """A 63-bit seed from the base seed, the prompt's content hash and the sample index (-1: the prompt)."""
@@ -113,6 +115,10 @@ class HFSampler:
         self.generation_config = GenerationConfig(
             eos_token_id=self.stop_ids, pad_token_id=self.pad_id, bos_token_id=tokenizer.bos_token_id
         )
+
+    def describe(self) -> str:
+        """The backend in a few words, for the log and ``pairs_report.md``."""
+        return "backend hf, batched generate in this process"
 
     def sample(self, prompts: list["Prompt"]) -> list[list[Sample]]:
         n, settings = self.settings.num_samples, self.settings

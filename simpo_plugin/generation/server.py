@@ -50,11 +50,18 @@ class ServersUnavailable(RunStopped):
 
 
 def base_url(url: str) -> str:
-    """``http://host:8000``, ``.../v1`` or ``.../v1/`` -> ``http://host:8000/v1`` (the OpenAI client's base)."""
+    """``http://host:8000``, ``.../v1`` or ``.../v1/`` -> ``http://host:8000/v1`` (the OpenAI client's base).
+
+    The scheme is checked where the config is read (``GenerationArguments.bad_url``)."""
     url = url.strip().rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise PairsConfigError(f"`server_urls`: `{url}` is not an http(s) URL (e.g. http://127.0.0.1:8000/v1).")
     return url if url.endswith("/v1") else f"{url}/v1"
+
+
+def make_client(url: str, key: str, timeout: float) -> Any:
+    """An ``openai.OpenAI`` client for one endpoint, without the client's own retries (the pool retries)."""
+    import openai
+
+    return openai.OpenAI(base_url=url, api_key=key, timeout=timeout, max_retries=0)
 
 
 def api_key(env_name: str) -> str:
@@ -73,13 +80,25 @@ def retryable(exc: BaseException) -> bool:
 
 
 def short_error(exc: BaseException) -> str:
-    """One line for a warning: the status and the server's own message where there is one."""
+    """One line for a warning: the status and the server's own message, or for a connection error its root cause
+    (``connection refused``, not the client's generic "Connection error.")."""
     import openai
 
     if isinstance(exc, openai.APIStatusError):
         body = exc.body if isinstance(exc.body, dict) else {}
         message = body.get("message") or (body.get("error") or {}).get("message") if body else None
         return f"HTTP {exc.status_code}: {message or exc.message}".splitlines()[0][:300]
+    if isinstance(exc, openai.APITimeoutError):
+        return "no answer within `request_timeout`"
+    if isinstance(exc, openai.APIConnectionError):
+        root = exc
+        while root.__cause__ is not None or root.__context__ is not None:
+            root = root.__cause__ or root.__context__
+        text = str(root).lower()
+        for cause in ("connection refused", "connection reset", "name or service not known", "timed out"):
+            if cause in text:
+                return cause
+        return f"connection error ({type(root).__name__}: {root})".splitlines()[0][:300]
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
 
 
@@ -102,6 +121,7 @@ class EndpointPool:
     max_concurrency: int
     warn: Any = print
     lock: threading.Condition = field(default_factory=threading.Condition)
+    stopping: threading.Event = field(default_factory=threading.Event)  # set: failures are the caller's stop
 
     def acquire(self, avoid: Endpoint | None = None) -> Endpoint:
         """A live endpoint with a free slot (not ``avoid`` when another live one exists); blocks until one frees."""
@@ -123,7 +143,7 @@ class EndpointPool:
             endpoint.in_flight -= 1
             if error is None:
                 endpoint.failures, endpoint.served = 0, endpoint.served + 1
-            elif endpoint.live:
+            elif endpoint.live and not self.stopping.is_set():
                 endpoint.failures += 1
                 endpoint.last_error = short_error(error)
                 if endpoint.failures >= MAX_FAILURES:
@@ -137,7 +157,7 @@ class EndpointPool:
 
     def describe_down(self) -> str:
         causes = "; ".join(f"{e.url} ({e.last_error or 'no answer'})" for e in self.endpoints)
-        hint = " (raise `request_timeout` if answers take longer)" if "Timeout" in causes else ""
+        hint = " (raise `request_timeout` if answers take longer)" if "request_timeout" in causes else ""
         return (
             f"Every inference server failed: {causes}{hint}. The samples finished so far are saved; start the "
             "servers again and rerun the same command to resume."
@@ -160,22 +180,29 @@ class ServerSampler:
 
     def __init__(self, urls: list[str], model: str, tokenizer: Any, stop_ids: list[int], settings: Any,
                  warn: Any = print, server: Any = None) -> None:  # fmt: skip
-        import openai
-
         self.model, self.tokenizer, self.settings, self.server = model, tokenizer, settings, server
         self.stop_ids = list(stop_ids)
         self.warn = warn
         key = api_key(settings.server_api_key_env)
-        endpoints = [
-            Endpoint(url, openai.OpenAI(base_url=url, api_key=key, timeout=settings.request_timeout, max_retries=0))
-            for url in urls
-        ]
+        endpoints = [Endpoint(url, make_client(url, key, settings.request_timeout)) for url in urls]
         self.pool = EndpointPool(endpoints, settings.max_concurrency, warn)
+        self.stopping = self.pool.stopping  # set when the caller stopped: retries give up, failures are not counted
         self.tokenizer_lock = threading.Lock()  # worker threads share one tokenizer
-        self.stopping = threading.Event()  # set when the caller stopped: queued retries give up
+
+    def describe(self) -> str:
+        """The backend in a few words, for the log and ``pairs_report.md``."""
+        count = len(self.pool.endpoints)
+        return (
+            f"backend server, `{self.model}` on {count} endpoint{'s' if count > 1 else ''}, "
+            f"max_concurrency {self.settings.max_concurrency}"
+        )
 
     def close(self) -> None:
-        """Stop the server this sampler started (``server_command``), if any."""
+        """Abort the requests still in flight (their connections close, which a vLLM server takes as an abort),
+        then stop the server this sampler started (``server_command``), if any."""
+        self.stopping.set()
+        for endpoint in self.pool.endpoints:
+            endpoint.client.close()
         if self.server is not None:
             self.server.stop()
 
@@ -235,6 +262,9 @@ class ServerSampler:
                 response = endpoint.client.completions.create(**body)
                 samples = self.to_samples(prompt, response)
             except Exception as exc:  # noqa: BLE001 - sorted below: retried, or a configuration error
+                if self.stopping.is_set():  # the caller stopped and closed the connections: not a failure
+                    self.pool.release(endpoint)
+                    raise CancelledError from exc
                 if isinstance(exc, PromptChanged):
                     self.pool.release(endpoint)
                     raise
@@ -289,10 +319,8 @@ class ServerSampler:
 
 def served_models(url: str, key: str, timeout: float = 10.0) -> list[str]:
     """The model names ``GET {url}/models`` lists; raises what the client raises when the server does not answer."""
-    import openai
-
-    client = openai.OpenAI(base_url=url, api_key=key, timeout=timeout, max_retries=0)
-    return [model.id for model in client.models.list().data]
+    with make_client(url, key, timeout) as client:
+        return [model.id for model in client.models.list().data]
 
 
 def wait_for_servers(urls: list[str], key: str, timeout: float, log: Any = print,
@@ -323,15 +351,15 @@ def wait_for_servers(urls: list[str], key: str, timeout: float, log: Any = print
             log(f"simpo-plugin pairs: waiting for inference servers ({waited:.0f} s of {timeout:.0f}): {silent}")
             last_note = waited
         time.sleep(1.0)
-    for url in urls:
-        if url not in answered:
-            log(f"simpo-plugin pairs: endpoint {url} did not answer in {timeout:.0f} s ({errors[url]}); left out.")
-    if not answered:
+    if not answered:  # one message naming each endpoint once
         raise ServersUnavailable(
             "No inference server answered within `server_start_timeout` "
             f"({timeout:.0f} s): " + "; ".join(f"{u} ({errors[u]})" for u in urls) + ". Start them first, or check "
             "`server_urls`."
         )
+    for url in urls:
+        if url not in answered:
+            log(f"simpo-plugin pairs: endpoint {url} did not answer in {timeout:.0f} s ({errors[url]}); left out.")
     return answered
 
 

@@ -10,9 +10,11 @@ talks to it at ``http://127.0.0.1:{port}/v1``. See docs/onpolicy.md, "Inference 
 import ctypes
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,25 @@ def split_command(template: str, model: str, port: int) -> tuple[list[str], dict
     return words, env
 
 
+def check_command(template: str) -> str:
+    """Why ``template`` cannot start a server, or "": checked when the config is read, before any model loads."""
+    try:
+        argv, env = split_command(template, "MODEL", 8000)
+    except PairsConfigError as exc:
+        return str(exc)
+    program = argv[0]
+    if "/" in program:
+        path = Path(program)
+        where = "" if path.is_absolute() else f" (a relative path is taken from the working directory, {Path.cwd()})"
+        if not path.is_file():
+            return f"`server_command`: `{program}` does not exist{where}."
+        if not os.access(path, os.X_OK):
+            return f"`server_command`: `{program}` is not executable{where}."
+    elif shutil.which(program, path=env.get("PATH", os.environ.get("PATH"))) is None:
+        return f"`server_command`: `{program}` is not on PATH; give its full path (e.g. /opt/vllm/bin/python)."
+    return ""
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
@@ -70,7 +91,8 @@ def log_tail(path: Path) -> str:
 class ManagedServer:
     """Context manager: the server of ``server_command``; ``url`` is its base URL once entered."""
 
-    def __init__(self, template: str, model: str, log_path: Path) -> None:
+    def __init__(self, template: str, model: str, log_path: Path, log: Any = print) -> None:
+        self.log = log
         self.port = free_port()
         self.argv, self.env = split_command(template, model, self.port)
         self.log_path = Path(log_path)
@@ -80,6 +102,9 @@ class ManagedServer:
     def __enter__(self) -> "ManagedServer":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
+            started = time.strftime("%Y-%m-%d %H:%M:%S")
+            log.write(f"\n===== simpo-plugin, {started}: {shlex.join(self.argv)} =====\n".encode())
+            log.flush()
             try:
                 self.process = subprocess.Popen(
                     self.argv, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
@@ -101,6 +126,7 @@ class ManagedServer:
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
+        self.log(f"Stopping the server of `server_command` (pid {process.pid}).")
         for sig, seconds in ((signal.SIGTERM, STOP_SECONDS), (signal.SIGKILL, 10)):
             try:
                 os.killpg(process.pid, sig)
