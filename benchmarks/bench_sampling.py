@@ -6,13 +6,14 @@ rate is the command's own "Sampled ..." measurement (sampling only: model loadin
 apart). The servers run vLLM's OpenAI API server from a separate environment (`make vllm-env`), started by the
 plugin's `server_command` machinery, every one the same way: `--threads` OpenMP threads each (default half the
 cores), since a server's numerics depend on its thread count. Each server layout runs twice: with
-`--max-concurrency` requests in flight per server (continuous batching), and batch-invariant (one request in
-flight per server, prefix caching off), the setting under which vLLM on CPU gives the same samples whatever the
-endpoints. The script counts the samples that differ between one server and two in each mode.
+`--max-concurrency` requests in flight per server (continuous batching), and batch-invariant (every server
+computes one sequence at a time, `--max-num-seqs 1`, with prefix caching off), the setting under which vLLM on
+CPU gives the same samples whatever the endpoints. The script counts the samples that differ between one server
+and two in each mode.
 
     python benchmarks/bench_sampling.py --smollm2 models/smollm2-135m-instruct [--vllm-python .venv-vllm/bin/python]
 
-About 20 minutes on 2 cores.
+About 25 minutes on 2 cores.
 """
 
 import argparse
@@ -33,9 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "onpolicy"
 SERVE = (
     "VLLM_CPU_KVCACHE_SPACE=1 OMP_NUM_THREADS={threads} {python} -m vllm.entrypoints.openai.api_server "
-    "--model {{model}} --host 127.0.0.1 --port {{port}} --dtype bfloat16 --max-model-len 1024 --max-num-seqs 32"
+    "--model {{model}} --host 127.0.0.1 --port {{port}} --dtype bfloat16 --max-model-len 1024 --max-num-seqs {seqs}"
 )
-INVARIANT = " --no-enable-prefix-caching"
+INVARIANT = " --no-enable-prefix-caching"  # with --max-num-seqs 1
 RATE = re.compile(r"Sampling in this run: (\d+) samples in ([\d.]+) s \(([\d.]+) samples/s, ([\d.]+) tokens/s[;)]")
 
 
@@ -60,7 +61,8 @@ def start_servers(stack: ExitStack, count: int, args: argparse.Namespace, logs: 
     from simpo_plugin.generation.server import wait_for_servers
     from simpo_plugin.generation.serving import ManagedServer
 
-    command = SERVE.format(threads=args.threads, python=args.vllm_python) + (INVARIANT if invariant else "")
+    seqs = 1 if invariant else 32
+    command = SERVE.format(threads=args.threads, python=args.vllm_python, seqs=seqs) + (INVARIANT if invariant else "")
     tag = "invariant" if invariant else "batched"
     servers = [stack.enter_context(ManagedServer(command, str(args.smollm2), logs / f"server{count}-{tag}-{i}.log"))
                for i in range(count)]  # fmt: skip
@@ -108,9 +110,9 @@ def main() -> None:
     rows.append(("HF `generate` (batch_size 8)", "-", *hf))
     runs = {}
     for invariant in (False, True):
-        concurrency = 1 if invariant else args.max_concurrency
+        concurrency = 2 if invariant else args.max_concurrency
         for count in (1, 2):
-            mode = "batch-invariant: 1 request in flight, no prefix caching" if invariant else (
+            mode = "batch-invariant: one sequence at a time, no prefix caching" if invariant else (
                 f"{concurrency} requests in flight")  # fmt: skip
             print(f"{count} vLLM server(s), {mode} ...", flush=True)
             with ExitStack() as stack:

