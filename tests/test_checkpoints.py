@@ -11,6 +11,9 @@ from simpo_plugin.errors import SimPOArgumentError
 from simpo_plugin.train.checkpoints import MANIFEST, missing_parts, newest_complete, resolve_resume, write_manifest
 
 
+pytestmark = pytest.mark.host  # the host's contract: `make test-lowest` runs it too
+
+
 def fake_checkpoint(output_dir: Path, step: int, manifest: bool = True, state: bool = True) -> Path:
     folder = output_dir / f"checkpoint-{step}"
     (folder / "global_step1").mkdir(parents=True)

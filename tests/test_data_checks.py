@@ -13,6 +13,9 @@ from simpo_plugin.errors import SimPOArgumentError
 from simpo_plugin.train.data_checks import check_rows, drop_empty_responses, pair_problem
 
 
+pytestmark = pytest.mark.host  # the host's contract: `make test-lowest` runs it too
+
+
 def converted(prompt="hi", chosen="good", rejected="bad") -> dict:
     """A row as the host's converter emits it."""
     text = lambda v: {"role": "assistant", "content": v}  # noqa: E731

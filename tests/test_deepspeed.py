@@ -7,6 +7,9 @@ import torch
 from conftest import base_config, cli_env, log_history, run_cli
 
 
+pytestmark = pytest.mark.host  # the host's contract: `make test-lowest` runs it too
+
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "deepspeed"
 
 

@@ -34,6 +34,7 @@ def evaluated(tiny_assets, tmp_path_factory) -> dict:
     return {"root": root, "models": config["models"].split(","), "out": root / "report"}
 
 
+@pytest.mark.host
 def test_report_numbers_match_a_direct_computation(evaluated) -> None:
     results = json.loads((evaluated["out"] / "eval_results.json").read_text())
     rows = [json.loads(line) for line in (evaluated["out"] / "eval_generations.jsonl").read_text().splitlines()]
@@ -61,6 +62,7 @@ def test_report_numbers_match_a_direct_computation(evaluated) -> None:
     assert [r["responses"][reference][0]["text"] for r in rows] != [r["responses"][adapter][0]["text"] for r in rows]
 
 
+@pytest.mark.host
 def test_greedy_answers_are_the_models_own(evaluated, tiny_assets) -> None:
     """The reference's answer to the first prompt equals plain `generate` with greedy decoding on the same ids."""
     import torch

@@ -7,6 +7,9 @@ import yaml
 from llamafactory.train import tuner
 
 
+pytestmark = pytest.mark.host  # the host's contract: `make test-lowest` runs it too
+
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 # (beta, gamma/beta, learning rate) from the SimPO authors' released configs (docs/simpo.md)
 PAPER = {

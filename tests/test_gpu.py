@@ -6,7 +6,10 @@ import torch
 from conftest import base_config, cli_env, log_history, run_cli
 
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (QLoRA, FSDP)")
+pytestmark = [
+    pytest.mark.host,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (QLoRA, FSDP)"),
+]
 PLAIN = {"simpo_lean_logps": False, "simpo_prefix_sharing": False, "simpo_attention_route": False}
 
 

@@ -10,6 +10,9 @@ from simpo_plugin.errors import SimPOArgumentError
 from simpo_plugin.train.hparams import SimPOConfig
 
 
+pytestmark = pytest.mark.host  # the host's contract: `make test-lowest` runs it too
+
+
 def parse(tmp_path: Path, **keys: Any):
     args = {
         "model_name_or_path": str(tmp_path / "model"),

@@ -84,8 +84,18 @@ HOST_DPO_FAILS = {
 }
 
 
-@pytest.mark.parametrize("launch", list(LAUNCHES))
-@pytest.mark.parametrize("finetuning", list(FINETUNING))
+# xdist runs each finetuning type's cells on one worker, the types side by side (conftest.work_unit). The lowest-host
+# suite (`-m host`) runs one cell per finetuning type that, with the single-process
+# references, covers every launcher but ZeRO-2 (test_deepspeed.py runs ZeRO-2 there); `make test` runs them all.
+LOWEST_HOST_CELLS = {("full", "zero3"), ("lora", "one"), ("freeze", "ddp")}
+CELLS = [
+    pytest.param(finetuning, launch, id=f"{launch}-{finetuning}",
+                 marks=[pytest.mark.host] if (finetuning, launch) in LOWEST_HOST_CELLS else [])
+    for finetuning in FINETUNING for launch in LAUNCHES
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("finetuning", "launch"), CELLS)
 def test_the_fast_path_trains_like_the_plain_path(cells, finetuning: str, launch: str) -> None:
     if (finetuning, launch) in HOST_DPO_FAILS and int(transformers.__version__.split(".")[0]) < 5:
         pytest.skip(HOST_DPO_FAILS[finetuning, launch])
@@ -100,6 +110,7 @@ def test_the_fast_path_trains_like_the_plain_path(cells, finetuning: str, launch
             assert cell["eval"][key] == pytest.approx(reference["eval"][key], **TOLERANCE), key
 
 
+@pytest.mark.host
 def test_streaming_trains_like_the_same_data_read_at_once(tiny_assets, cells, tmp_path) -> None:
     """A shuffle buffer of one reads the stream in file order, as `disable_shuffling` reads the dataset at once."""
     streamed = run_cell(tiny_assets, tmp_path / "stream", streaming=True, dataloader_num_workers=1, buffer_size=1,
@@ -109,6 +120,7 @@ def test_streaming_trains_like_the_same_data_read_at_once(tiny_assets, cells, tm
     assert set(EVAL_KEYS) <= set(streamed["eval"])
 
 
+@pytest.mark.host
 def test_each_eval_dataset_keeps_its_own_metrics(tiny_assets, cells, tmp_path) -> None:
     each = run_cell(tiny_assets, tmp_path / "each", eval_dataset=["simpo_synthetic_eval", "simpo_synthetic"],
                     eval_on_each_dataset=True, per_device_eval_batch_size=7)  # fmt: skip
@@ -121,6 +133,7 @@ def test_each_eval_dataset_keeps_its_own_metrics(tiny_assets, cells, tmp_path) -
     assert each["eval"]["eval_simpo_synthetic_loss"] != pytest.approx(alone["eval_loss"])  # another dataset
 
 
+@pytest.mark.host
 def test_prompts_beyond_cutoff_len_train_and_probes_take_those_that_fit(tiny_assets, tmp_path) -> None:
     rows = preference_rows(24, seed=5)
     for row in rows[::2]:
@@ -133,6 +146,7 @@ def test_prompts_beyond_cutoff_len_train_and_probes_take_those_that_fit(tiny_ass
     assert {g["prompt"] for g in generations} <= {row["instruction"] for row in rows[1::2]}
 
 
+@pytest.mark.host
 def test_zero3_with_a_head_tied_to_the_embedding(tiny_assets, tmp_path) -> None:
     from transformers import AutoTokenizer
 

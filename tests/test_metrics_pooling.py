@@ -4,6 +4,9 @@ import pytest
 from conftest import base_config, cli_env, log_history, read_metrics, run_cli
 
 
+pytestmark = pytest.mark.host  # the host's contract: `make test-lowest` runs it too
+
+
 KEYS = ("rewards/accuracies", "rewards/margins", "rewards/chosen", "logps/rejected", "lengths/chosen")
 
 

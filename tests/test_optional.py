@@ -12,6 +12,9 @@ from simpo_plugin.testing import preference_rows, write_preference_dataset
 from simpo_plugin.train.optional import GuardedCallback, optional
 
 
+pytestmark = pytest.mark.host  # the host's contract: `make test-lowest` runs it too
+
+
 class Flaky(TrainerCallback):
     def __init__(self) -> None:
         self.logs = 0

@@ -49,6 +49,7 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.host
 def test_outputs_report_and_counts(reference) -> None:
     output_dir, stats = reference
     rows = json.loads((output_dir / "pairs.json").read_text())
@@ -72,6 +73,7 @@ def test_outputs_report_and_counts(reference) -> None:
     assert (output_dir / "pairs_report.png").stat().st_size > 10_000
 
 
+@pytest.mark.host
 def test_prompt_ids_of_training_equal_the_ids_generated_from(reference, tiny_assets) -> None:
     """The host's pairwise processor, fed pairs.json, starts every pair with exactly the sampled prompt ids."""
     output_dir, _ = reference
@@ -151,6 +153,7 @@ def test_changed_settings_do_not_mix_with_saved_results(reference, tiny_assets, 
     assert again.samples == 4 * again.prompts
 
 
+@pytest.mark.host
 def test_the_pairs_train_with_simpo(reference, tiny_assets, tmp_path) -> None:
     output_dir, stats = reference
     config = {
@@ -166,6 +169,7 @@ def test_the_pairs_train_with_simpo(reference, tiny_assets, tmp_path) -> None:
     assert len(losses) == 2 and all(0 < loss < 10 for loss in losses)
 
 
+@pytest.mark.host
 def test_console_script_reports_bad_input_in_one_line(tmp_path) -> None:
     script = str(Path(sys.executable).with_name("simpo-plugin"))
     result = subprocess.run([script, "pairs", "output_dir=o", "num_sampels=3"], env=cli_env(), cwd=tmp_path,

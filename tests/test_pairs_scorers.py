@@ -57,6 +57,7 @@ def test_classifier_reward_model_scores_as_it_does_alone(tiny_assets, prompt_dir
     assert len({row["chosen_score"] for row in rows}) == len(rows)  # real scores, not a constant
 
 
+@pytest.mark.host
 def test_llamafactory_reward_model_scores_like_the_host_predicts(tiny_assets, prompt_dir, tmp_path) -> None:
     """A value-head RM trained with the real `stage: rm` scores our pairs as the host's own rm prediction does."""
     rm_dir = tmp_path / "rm"

@@ -13,6 +13,9 @@ from simpo_plugin.host.dispatch import CARRIER_STAGE, wrap_carrier_run, wrap_get
 from simpo_plugin.host.registry import Stage, StageRegistry
 
 
+pytestmark = pytest.mark.host  # the host's contract: `make test-lowest` runs it too
+
+
 def test_tuner_patch_is_idempotent_and_reversible() -> None:
     patched_get, patched_run = tuner.get_train_args, tuner.run_dpo
     assert hasattr(patched_get, "__simpo_original__")

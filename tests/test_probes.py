@@ -10,6 +10,9 @@ from pairs_cases import REWARDS
 from simpo_plugin.testing import preference_rows, write_preference_dataset
 
 
+pytestmark = pytest.mark.host  # the host's contract: `make test-lowest` runs it too
+
+
 JUDGES = Path(__file__).with_name("judge_functions.py")
 PROBE_KEYS = {"probe/length", "probe/eos_rate", "probe/repeat_4", "probe/duplicate_rate", "probe/words"}
 

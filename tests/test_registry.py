@@ -10,6 +10,9 @@ from simpo_plugin.host.registry import REGISTRY, Stage, StageRegistry
 from simpo_plugin.train.stage import SIMPO_STAGE
 
 
+pytestmark = pytest.mark.host  # the host's contract: `make test-lowest` runs it too
+
+
 def _noop(*args: object) -> None:
     """Stand-in workflow."""
 

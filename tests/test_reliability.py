@@ -14,6 +14,9 @@ from conftest import base_config, cli_env, log_history, run_cli
 from safetensors.torch import load_file
 
 
+pytestmark = pytest.mark.host  # the host's contract: `make test-lowest` runs it too
+
+
 LOGGED_LOSS_ROUNDING = 1.01e-4  # transformers 4.x logs `loss` rounded to 4 decimals; the weights are compared exactly
 
 

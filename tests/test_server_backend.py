@@ -274,6 +274,38 @@ def test_sigterm_stops_the_run_and_its_server(tiny_assets, prompt_dir, tmp_path)
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
 
+@pytest.mark.parametrize("stop", ["sigterm", "refused"])
+def test_a_stopped_run_exits_without_waiting_for_a_hung_server(tiny_assets, prompt_dir, tmp_path, stop) -> None:
+    """Servers the user runs (`server_urls`): a SIGTERM, or an error on another endpoint, ends the run at once
+    although a request is still in flight on a server that answers in 60 s (the interpreter's exit joined
+    `ThreadPoolExecutor` workers, so the run waited out the hung request)."""
+    with FakeServer() as hung, FakeServer() as other:
+        hung.delay = 60.0
+        other.delay = 1.0  # answers after the first requests went out to both endpoints
+        other.fail_status = 400 if stop == "refused" else None
+        config = pairs_config(tiny_assets["model"], prompt_dir, tmp_path, backend="server", max_concurrency=2,
+                              server_urls=[hung.url, other.url], batch_size=1)  # fmt: skip
+        (tmp_path / "pairs.yaml").write_text(yaml.safe_dump(config))
+        cli = str(Path(sys.executable).with_name("simpo-plugin"))
+        client = subprocess.Popen([cli, "pairs", str(tmp_path / "pairs.yaml")], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        deadline = time.monotonic() + 120
+        while hung.in_flight == 0:
+            assert client.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        start = time.monotonic()
+        if stop == "sigterm":
+            client.send_signal(signal.SIGTERM)
+        output, _ = client.communicate(timeout=120)
+        waited = time.monotonic() - start
+        hung.delay = 0.0
+    if stop == "sigterm":
+        assert client.returncode == 143 and "interrupted; run the same command again to resume" in output
+    else:
+        assert client.returncode != 0 and "refused the request" in output, output[-2000:]
+    assert waited < 20, f"the run took {waited:.0f} s to exit with a request in flight"
+
+
 def test_an_adapter_on_a_server_must_be_named(tiny_assets, prompt_dir, tmp_path) -> None:
     config = pairs_config(tiny_assets["model"], prompt_dir, tmp_path, server_urls="http://127.0.0.1:9/v1",
                           adapter_name_or_path=str(tmp_path))  # fmt: skip

@@ -11,6 +11,9 @@ import pytest
 from simpo_plugin import _startup
 
 
+pytestmark = pytest.mark.host  # the host's contract: `make test-lowest` runs it too
+
+
 STARTUP_BUDGET_US = 5000
 
 

@@ -4,6 +4,9 @@ import pytest
 from conftest import board_values, build_board
 
 
+pytestmark = pytest.mark.host  # the host's contract: `make test-lowest` runs it too
+
+
 @pytest.fixture(scope="module")
 def board():
     return build_board()

@@ -12,6 +12,9 @@ import pytest
 from conftest import board_values, build_board, cli_env
 
 
+pytestmark = pytest.mark.host  # the host's contract: `make test-lowest` runs it too
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -10,6 +10,9 @@ from conftest import base_config, cli_env, log_history, read_metrics, run_cli
 from safetensors.torch import load_file
 
 
+pytestmark = pytest.mark.host  # the host's contract: `make test-lowest` runs it too
+
+
 TRAIN_KEYS = {
     "loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
     "logps/chosen", "logps/rejected", "lengths/chosen", "lengths/rejected",

@@ -6,12 +6,13 @@ the template's stop token ids. A prompt's request is therefore the same whicheve
 often it is retried; the same request gets the same samples where the servers are batch-invariant (vLLM's
 numerics otherwise depend on the batch; docs/onpolicy.md, "The same samples whatever the endpoints").
 
-Requests run on a thread pool: up to ``max_concurrency`` in flight per endpoint (to feed its continuous batching),
-each taken by the live endpoint with the fewest in flight. A failed request (connection error, timeout, HTTP 408,
-429 or 5xx) is retried with exponential backoff on another endpoint when there is one; an endpoint that fails
-``MAX_FAILURES`` times in a row leaves the rotation (one warning line), and when none is left the run stops with
-what it finished saved. Any other HTTP error (a prompt too long for the server, a wrong model name) is a
-configuration error that names the prompt and quotes the server.
+Requests run on a pool of daemon threads (:class:`RequestPool`: an exit, a signal's or an error's, never waits for
+a request blocked on a slow server's socket): up to ``max_concurrency`` in flight per endpoint (to feed its
+continuous batching), each taken by the live endpoint with the fewest in flight. A failed request (connection
+error, timeout, HTTP 408, 429 or 5xx) is retried with exponential backoff on another endpoint when there is one; an
+endpoint that fails ``MAX_FAILURES`` times in a row leaves the rotation (one warning line), and when none is left
+the run stops with what it finished saved. Any other HTTP error (a prompt too long for the server, a wrong model
+name) is a configuration error that names the prompt and quotes the server.
 
 Where the server returns the sampled token ids (vLLM's ``return_token_ids``), the text is decoded here exactly as
 the HF backend decodes it, and the prompt ids it echoes must equal the ids sent (else :class:`PromptChanged`);
@@ -20,10 +21,11 @@ See docs/onpolicy.md, "Inference servers".
 """
 
 import os
+import queue
 import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +50,50 @@ class PromptChanged(PairsConfigError):
 
 class ServersUnavailable(RunStopped):
     """Every endpoint left the rotation; the message names each one's last error."""
+
+
+class RequestPool:
+    """``workers`` daemon threads that run submitted calls, each returning a :class:`~concurrent.futures.Future`.
+
+    ``concurrent.futures.ThreadPoolExecutor`` joins its threads when the interpreter exits, so a run stopped by a
+    signal or an error waited for every request still blocked in a socket read (up to ``request_timeout``, 600 s
+    by default, against a hung server). A daemon thread is not joined: the run exits at once, and the server sees
+    the connection close (vLLM takes that as an abort)."""
+
+    def __init__(self, workers: int, name: str = "simpo-server") -> None:
+        self.tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self.threads = [
+            threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True) for i in range(max(1, workers))
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        future: Future = Future()
+        self.tasks.put((future, fn, args))
+        return future
+
+    def _work(self) -> None:
+        while (task := self.tasks.get()) is not None:
+            future, fn, args = task
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the future
+                future.set_exception(exc)
+
+    def shutdown(self) -> None:
+        """Cancel the calls not started and let each thread end after its current call; does not wait."""
+        while True:
+            try:
+                task = self.tasks.get_nowait()
+            except queue.Empty:
+                break
+            if task is not None:
+                task[0].cancel()
+        for _ in self.threads:
+            self.tasks.put(None)
 
 
 def base_url(url: str) -> str:
@@ -296,7 +342,7 @@ class ServerSampler:
         results: dict[int, list[Any]] = {k: [None] * len(chunk) for k, chunk in enumerate(chunks)}
         left = {k: len(chunk) for k, chunk in enumerate(chunks)}
         queue = ((k, j, prompt) for k, chunk in enumerate(chunks) for j, prompt in enumerate(chunk))
-        executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="simpo-server")
+        executor = RequestPool(self.workers)
         try:
             for k in [k for k, n in left.items() if n == 0]:
                 yield k, []
@@ -315,7 +361,7 @@ class ServerSampler:
                         yield k, results.pop(k)
         finally:
             self.stopping.set()
-            executor.shutdown(wait=False, cancel_futures=True)
+            executor.shutdown()
 
 
 def served_models(url: str, key: str, timeout: float = 10.0) -> list[str]:
