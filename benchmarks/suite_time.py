@@ -23,11 +23,15 @@ from pathlib import Path
 DURATION = re.compile(r"^\s*([\d.]+)s (setup|call|teardown)\s+(\S+)")
 
 
-def durations(log: Path) -> dict[str, float]:
-    """nodeid -> seconds of setup + call + teardown, from pytest's `--durations=0` lines."""
+def durations(log: Path, suite: int | None = None) -> dict[str, float]:
+    """nodeid -> seconds of setup + call + teardown, from pytest's `--durations=0` lines; with `suite`, from that
+    pytest session's table alone (0 = the first in the log: `.ci/run` logs `make test`, then `make test-lowest`)."""
     total: dict[str, float] = defaultdict(float)
+    session = -1
     for line in log.read_text(errors="replace").splitlines():
-        if match := DURATION.match(line):
+        if "slowest durations" in line:
+            session += 1
+        if (match := DURATION.match(line)) and suite in (None, session):
             total[match.group(3)] += float(match.group(1))
     return total
 
@@ -44,10 +48,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("log", type=Path, help="pytest's output with --durations=0")
     parser.add_argument("counts", type=Path, help="the SIMPO_COUNT_ASSERTS prefix; add the environment's name (e.g. "
-                        "counts.json.venv) to read one suite of several")  # fmt: skip
+                        "counts.json.venv or counts.json.venv-lowest) to read one suite of several")  # fmt: skip
+    parser.add_argument("--suite", type=int, help="read the Nth pytest session's durations in LOG alone (from 0)")
     parser.add_argument("--real-model-files", default="test_pairs_real_model.py,test_server_vllm.py")
     args = parser.parse_args()
-    seconds, counted = durations(args.log), counts(args.counts)
+    seconds, counted = durations(args.log, args.suite), counts(args.counts)
     real = tuple(args.real_model_files.split(","))
     files: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for nodeid in set(seconds) | set(counted):
@@ -57,13 +62,14 @@ def main() -> None:
         row["tests"] += nodeid in counted if counted else nodeid in seconds
         row["seconds"] += spent
         row["asserts"] += entry.get("asserts", 0)
+        row["checks"] += entry.get("checks", 0)
         row["processes"] += entry.get("children", 0)
         row["forks"] += entry.get("forks", 0)
         waited = min(entry.get("run_s", 0.0), spent)
         row["children"] += waited
         row["real model" if name.endswith(real) else "own work"] += spent - waited
     order = sorted(files, key=lambda name: -files[name]["seconds"])
-    columns = ["tests", "seconds", "children", "real model", "own work", "processes", "forks", "asserts"]
+    columns = ["tests", "seconds", "children", "real model", "own work", "processes", "forks", "asserts", "checks"]
     print("| file | " + " | ".join(columns) + " |")
     print("|---" * (len(columns) + 1) + "|")
     totals: dict[str, float] = defaultdict(float)

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+from forkserver import forkable
 
 
 BIN_DIR = Path(sys.executable).parent
@@ -36,21 +37,27 @@ def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 # benchmarks/suite_time.py; a file not named here runs after these, in collection order.
 LONGEST_FIRST = (
     "test_server_vllm.py",
+    "test_pairs_real_model.py",
     "test_matrix.py",
     "test_reliability.py",
     "test_workflow.py",
-    "test_pairs_real_model.py",
     "test_deepspeed.py",
 )
 MATRIX_TYPES = ("full", "lora", "freeze")
 
 
+REAL_MODEL_FILES = ("test_server_vllm.py", "test_pairs_real_model.py")
+
+
 def work_unit(nodeid: str) -> str:
     """The xdist work unit a test belongs to: its file, so that the file's module fixtures are built once, on one
     worker; the configuration matrix by finetuning type (each type's cells and its single-process reference), the
-    rows that reuse the full-type cells with them."""
+    rows that reuse the full-type cells with them; the files that run SmolLM2 together, one after the other (two
+    real models at once on 2 cores took 2.8 times as long as one after the other)."""
     path, _, name = nodeid.partition("::")
     unit = path.rsplit("/", 1)[-1]
+    if unit in REAL_MODEL_FILES:
+        return "real-model"
     if unit == "test_matrix.py":
         for finetuning in MATRIX_TYPES:
             if name.endswith(f"-{finetuning}]"):
@@ -151,11 +158,6 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-# Keys a command reads when it runs, not when the interpreter starts: a run that differs from the fork server's
-# environment in these alone may still be forked (torchrun's workers are real processes either way).
-RUN_TIME_KEYS = frozenset({"FORCE_TORCHRUN", "NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT"})
-
-
 class ForkServer:
     """The client of `forkserver.py`: `llamafactory-cli` runs forked from one process that imported the host once.
 
@@ -164,7 +166,7 @@ class ForkServer:
     def __init__(self) -> None:
         self.env = cli_env()
         self.lock = threading.Lock()
-        self.log = tempfile.NamedTemporaryFile(prefix="simpo-forkserver-", suffix=".log", delete=False)  # noqa: SIM115
+        self.log = tempfile.TemporaryFile(prefix="simpo-forkserver-", suffix=".log")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, str(Path(__file__).with_name("forkserver.py"))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=self.env, cwd=Path(__file__).parent,
@@ -173,8 +175,7 @@ class ForkServer:
         self.read(timeout=CLI_TIMEOUT)  # {"ready": pid}: the imports are done
 
     def takes(self, env: dict[str, str]) -> bool:
-        keys = (set(env) | set(self.env)) - RUN_TIME_KEYS
-        return self.process.poll() is None and all(env.get(key) == self.env.get(key) for key in keys)
+        return self.process.poll() is None and forkable(env, self.env)
 
     def read(self, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -184,7 +185,9 @@ class ForkServer:
                 raise TimeoutError
             chunk = os.read(self.process.stdout.fileno(), 65536)
             if not chunk:
-                raise RuntimeError(f"the fork server exited with {self.process.wait()}")
+                self.log.seek(0)
+                log = self.log.read().decode(errors="replace")[-4000:]
+                raise RuntimeError(f"the fork server exited with {self.process.wait()}; its log ends:\n{log}")
             self.buffer += chunk
         line, self.buffer = self.buffer.split(b"\n", 1)
         return json.loads(line)
@@ -212,6 +215,7 @@ class ForkServer:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+        self.log.close()
 
 
 _FORK_SERVER: list[ForkServer] = []
@@ -280,9 +284,11 @@ def board_values(engine: Any, **overrides: Any) -> dict:
 
 
 class SuiteCounter:
-    """Per test: the `assert` statements that passed, the child processes started, the `llamafactory-cli` runs
-    forked from the fork server, and the seconds spent waiting for `subprocess.run` or a forked run. Written as JSON
-    to `SIMPO_COUNT_ASSERTS` with the environment's and the xdist worker's names appended (`counts.json.venv.gw0`);
+    """Per test: the `assert` statements that passed (`asserts`; a polling loop's assert counts each time, so this
+    varies with timing), the distinct assert lines that passed (`checks`, which does not), the child processes
+    started, the `llamafactory-cli` runs forked from the fork server, and the seconds spent waiting for
+    `subprocess.run` or a forked run. Written as JSON to `SIMPO_COUNT_ASSERTS` with the environment's name (without
+    its leading dot) and the xdist worker's appended (`counts.json.venv.gw0`, `counts.json.venv-lowest.gw1`);
     benchmarks/suite_time.py adds them up. Needs pytest's assertion-pass hook:
     `SIMPO_COUNT_ASSERTS=counts.json pytest -o enable_assertion_pass_hook=true`.
     """
@@ -290,6 +296,7 @@ class SuiteCounter:
     def __init__(self, path: str) -> None:
         self.path = path
         self.counts: dict[str, dict[str, float]] = {}
+        self.sites: set[tuple[str, int]] = set()
         self.current = self._entry("<collection>")
         popen_init, run, fork_run = subprocess.Popen.__init__, subprocess.run, ForkServer.run
 
@@ -317,7 +324,7 @@ class SuiteCounter:
             self.current["run_s"] += time.perf_counter() - start
 
     def _entry(self, nodeid: str) -> dict[str, float]:
-        return self.counts.setdefault(nodeid, {"asserts": 0, "children": 0, "forks": 0, "run_s": 0.0})
+        return self.counts.setdefault(nodeid, {"asserts": 0, "checks": 0, "children": 0, "forks": 0, "run_s": 0.0})
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Any:
@@ -326,9 +333,13 @@ class SuiteCounter:
 
     def pytest_assertion_pass(self, item: pytest.Item, lineno: int, orig: str, expl: str) -> None:
         self.current["asserts"] += 1
+        site = (item.nodeid, lineno)
+        if site not in self.sites:
+            self.sites.add(site)
+            self.current["checks"] += 1
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        parts = [self.path, Path(sys.prefix).name, os.environ.get("PYTEST_XDIST_WORKER", "main")]
+        parts = [self.path, Path(sys.prefix).name.lstrip("."), os.environ.get("PYTEST_XDIST_WORKER", "main")]
         Path(".".join(parts)).write_text(json.dumps(self.counts), encoding="utf-8")
 
 
