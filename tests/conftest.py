@@ -344,5 +344,13 @@ class SuiteCounter:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # The cores shared out between xdist workers, as the CLI runs already are (`cli_env`): a worker's in-process
+    # model (SmolLM2's generation, the lean forward tests) on every core beside the other worker's 2-rank run left
+    # OpenMP threads spin-waiting for cores, and made both up to 7 times slower (a ZeRO-2 cell: 30 s alone, 224 s).
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     if os.environ.get("SIMPO_COUNT_ASSERTS"):
         config.pluginmanager.register(SuiteCounter(os.environ["SIMPO_COUNT_ASSERTS"]), "simpo-assert-counter")
