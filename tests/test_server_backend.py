@@ -324,13 +324,34 @@ def test_split_command() -> None:
 
 def test_pool_waits_for_a_free_slot_and_prefers_the_least_loaded() -> None:
     pool = server.EndpointPool([server.Endpoint("a", None), server.Endpoint("b", None)], max_concurrency=1)
-    first, second = pool.acquire(), pool.acquire()
+    (first, _), (second, ticket) = pool.acquire(), pool.acquire()
     assert {first.url, second.url} == {"a", "b"}
     got = []
-    waiter = threading.Thread(target=lambda: got.append(pool.acquire()))
+    waiter = threading.Thread(target=lambda: got.append(pool.acquire()[0]))
     waiter.start()
     time.sleep(0.2)
     assert not got  # both slots taken
-    pool.release(second)
+    pool.release(second, ticket)
     waiter.join(timeout=5)
     assert got == [second]
+
+
+def test_a_late_answer_to_an_earlier_request_does_not_end_a_failure_streak() -> None:
+    """Answers arrive out of order: a success sent before a failure was seen says nothing about the endpoint now."""
+    warnings: list[str] = []
+    endpoint = server.Endpoint("a", None)
+    pool = server.EndpointPool([endpoint, server.Endpoint("b", None)], max_concurrency=4, warn=warnings.append)
+    slow = pool.acquire(avoid=pool.endpoints[1])  # answered last, successfully
+    failed = [pool.acquire(avoid=pool.endpoints[1]) for _ in range(server.MAX_FAILURES - 1)]
+    for slot in failed:
+        pool.release(*slot, RuntimeError("HTTP 500"))
+    pool.release(*slow)
+    assert endpoint.failures == server.MAX_FAILURES - 1 and endpoint.served == 1
+    later = pool.acquire(avoid=pool.endpoints[1])  # sent after the failures: its success ends the streak
+    pool.release(*later)
+    assert endpoint.failures == 0 and endpoint.live
+    streak = [pool.acquire(avoid=pool.endpoints[1]) for _ in range(server.MAX_FAILURES + 1)]
+    pool.release(*streak[0])  # a success sent before the streak's failures
+    for slot in streak[1:]:
+        pool.release(*slot, RuntimeError("HTTP 500"))
+    assert not endpoint.live and len(warnings) == 1 and "after 3 failures in a row" in warnings[0]

@@ -156,6 +156,8 @@ class Endpoint:
     in_flight: int = 0
     failures: int = 0  # in a row
     live: bool = True
+    sent: int = 0  # requests handed out so far: each one's ticket
+    failed_at: int = 0  # ``sent`` when the last failure was counted
     last_error: str = ""
     served: int = 0
 
@@ -170,8 +172,9 @@ class EndpointPool:
     lock: threading.Condition = field(default_factory=threading.Condition)
     stopping: threading.Event = field(default_factory=threading.Event)  # set: failures are the caller's stop
 
-    def acquire(self, avoid: Endpoint | None = None) -> Endpoint:
-        """A live endpoint with a free slot (not ``avoid`` when another live one exists); blocks until one frees."""
+    def acquire(self, avoid: Endpoint | None = None) -> tuple[Endpoint, int]:
+        """A live endpoint with a free slot (not ``avoid`` when another live one exists), and the request's ticket
+        for :meth:`release`; blocks until a slot frees."""
         with self.lock:
             while True:
                 live = [e for e in self.endpoints if e.live]
@@ -182,16 +185,23 @@ class EndpointPool:
                 if free:
                     endpoint = min(free, key=lambda e: (e.in_flight, e.served))
                     endpoint.in_flight += 1
-                    return endpoint
+                    endpoint.sent += 1
+                    return endpoint, endpoint.sent
                 self.lock.wait(timeout=1.0)
 
-    def release(self, endpoint: Endpoint, error: BaseException | None = None) -> None:
+    def release(self, endpoint: Endpoint, ticket: int, error: BaseException | None = None) -> None:
+        """Free the slot of request ``ticket``. A failure counts toward ``MAX_FAILURES`` in a row; a success ends the
+        streak only when it was sent after the last failure was counted (a slow answer to an earlier request says
+        nothing about the endpoint now)."""
         with self.lock:
             endpoint.in_flight -= 1
             if error is None:
-                endpoint.failures, endpoint.served = 0, endpoint.served + 1
+                endpoint.served += 1
+                if ticket > endpoint.failed_at:
+                    endpoint.failures = 0
             elif endpoint.live and not self.stopping.is_set():
                 endpoint.failures += 1
+                endpoint.failed_at = endpoint.sent
                 endpoint.last_error = short_error(error)
                 if endpoint.failures >= MAX_FAILURES:
                     endpoint.live = False
@@ -304,30 +314,30 @@ class ServerSampler:
         while True:
             if self.stopping.is_set():
                 raise CancelledError
-            endpoint = self.pool.acquire(avoid)
+            endpoint, ticket = self.pool.acquire(avoid)
             try:
                 response = endpoint.client.completions.create(**body)
                 samples = self.to_samples(prompt, response)
             except Exception as exc:  # noqa: BLE001 - sorted below: retried, or a configuration error
                 if self.stopping.is_set():  # the caller stopped and closed the connections: not a failure
-                    self.pool.release(endpoint)
+                    self.pool.release(endpoint, ticket)
                     raise CancelledError from exc
                 if isinstance(exc, PromptChanged):
-                    self.pool.release(endpoint)
+                    self.pool.release(endpoint, ticket)
                     raise
                 if not (retryable(exc) or isinstance(exc, ValueError)):
-                    self.pool.release(endpoint)
+                    self.pool.release(endpoint, ticket)
                     raise PairsConfigError(
                         f"The server at {endpoint.url} refused the request for {prompt.source} "
                         f"({len(prompt.ids)} prompt tokens, max_tokens {self.settings.max_new_tokens}): "
                         f"{short_error(exc)}. Check `server_model`, `max_new_tokens` and the server's "
                         "--max-model-len."
                     ) from exc
-                self.pool.release(endpoint, exc)
+                self.pool.release(endpoint, ticket, exc)
                 avoid, attempt = endpoint, attempt + 1
                 time.sleep(min(BACKOFF_SECONDS * 2 ** (attempt - 1), BACKOFF_MAX))
                 continue
-            self.pool.release(endpoint)
+            self.pool.release(endpoint, ticket)
             return samples
 
     def sample(self, prompts: list["Prompt"]) -> list[list[Sample]]:
