@@ -6,8 +6,16 @@ from transformers import (
     CohereForCausalLM,
     Gemma2Config,
     Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
 )
 
 
@@ -28,6 +36,40 @@ def tiny_model(kind: str = "llama", seed: int = 0, attn: str = "sdpa") -> torch.
         model = Gemma2ForCausalLM(Gemma2Config(**common, head_dim=8, final_logit_softcapping=5.0))
     elif kind == "cohere":  # a logit scale applied after the head: the lean path must detect and fall back
         model = CohereForCausalLM(CohereConfig(**common, logit_scale=0.5))
+    else:
+        raise ValueError(kind)
+    model.config._attn_implementation = attn
+    return model.float().eval()
+
+
+# Families with sliding windows, each with a window (4 tokens) shorter than the batches' sequences (up to 17).
+WINDOWED = ("mistral", "qwen2", "gemma2", "gemma3", "phi3")
+
+
+def windowed_model(kind: str, window: int | None = 4, attn: str = "sdpa", seed: int = 0) -> torch.nn.Module:
+    """A tiny model of a family whose attention slides; ``window=None`` gives the same weights without a window.
+
+    Mistral and Phi-3 slide in every layer; Qwen2 (``use_sliding_window``, ``max_window_layers=1``), Gemma-2 and
+    Gemma-3 mix full and sliding layers, so their masks go per layer type.
+    """
+    torch.manual_seed(seed)
+    common = dict(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0,
+    )  # fmt: skip
+    big = 10_000  # a window no sequence reaches: the same layer types, no effect
+    if kind == "mistral":
+        model = MistralForCausalLM(MistralConfig(**common, sliding_window=window))
+    elif kind == "phi3":
+        model = Phi3ForCausalLM(Phi3Config(**common, sliding_window=window, original_max_position_embeddings=256))
+    elif kind == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common, use_sliding_window=True, sliding_window=window or big,
+                                             max_window_layers=1))  # fmt: skip
+    elif kind == "gemma2":
+        model = Gemma2ForCausalLM(Gemma2Config(**common, head_dim=8, sliding_window=window or big))
+    elif kind == "gemma3":
+        model = Gemma3ForCausalLM(Gemma3TextConfig(**common, head_dim=8, sliding_window=window or big,
+                                                   layer_types=["sliding_attention", "full_attention"]))  # fmt: skip
     else:
         raise ValueError(kind)
     model.config._attn_implementation = attn

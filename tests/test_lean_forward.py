@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import cli_env
-from lean_cases import collated_batch, tiny_model
+from lean_cases import WINDOWED, collated_batch, tiny_model, windowed_model
 
 from simpo_plugin.lean import LeanConfig, SequenceLogps
 from simpo_plugin.lean import sequence as forward
@@ -63,6 +63,24 @@ def test_fast_paths_match_padded_plain(kind: str, attn: str, path: str) -> None:
     model = tiny_model(kind, attn=attn)
     batch = collated_batch(num_pairs=3, seed=hash((kind, path)) % 1000)
     assert_same(sums_and_grads(model, batch, PATHS[path]), sums_and_grads(model, batch, REFERENCE))
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("kind", WINDOWED)
+def test_sliding_windows_in_every_layout(kind: str, attn: str) -> None:
+    """Every layout (block route, shared and padding-free dense masks) against the model's own padded forward,
+    which builds its sliding-window masks itself; the window must matter for the batch, or the test proves
+    nothing."""
+    model = windowed_model(kind, attn=attn)
+    batch = collated_batch(num_pairs=3, seed=11)
+    expected = sums_and_grads(model, batch, REFERENCE)
+    unwindowed = windowed_model(kind, window=None, attn=attn)
+    assert (sums_and_grads(unwindowed, batch, REFERENCE)[0] - expected[0]).abs().max() > 1e-3
+    for name, path in PATHS.items():
+        try:
+            assert_same(sums_and_grads(model, batch, path), expected)
+        except AssertionError as exc:
+            raise AssertionError(f"{name}: {exc}") from exc
 
 
 @pytest.mark.parametrize("route", [True, False])

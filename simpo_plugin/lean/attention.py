@@ -20,8 +20,10 @@ original implementation, unchanged. Because the segments travel as a forward arg
 recomputes the same attention, and DDP, DeepSpeed and PEFT wrappers pass it through. The row's attention mask is
 a (1, 1, 1, 1) placeholder that transformers hands over as is, so no (L x L) mask is ever built.
 
-Eager attention (Gemma-2's soft-capped scores, sliding windows) is computed the way the model's own eager
-function computes it, per segment, with the window applied on position ids.
+Eager attention (Gemma-2's soft-capped scores) is computed the way the model's own eager function computes it,
+per segment. A layer's sliding window (the ``sliding_window`` its attention receives: Mistral, Qwen2, Gemma-2/3,
+Phi-3) is applied on position ids, ``q - k < window``, in both routes; an SDPA segment that the window does not
+cut into keeps its mask-free causal call.
 """
 
 import sys
@@ -48,6 +50,17 @@ class Segment:
     mask: Tensor | None = None  # (q, k) bool "may attend" from position ids, for the other segments
     query_positions: Tensor | None = None
     key_positions: Tensor | None = None
+    reach: int = 0  # the largest query-to-key distance in position ids: a window at least reach + 1 changes nothing
+    _windowed: dict[int, Tensor] | None = None  # (q, k) "may attend" within a window, built by the first layer
+
+    def window_mask(self, window: int) -> Tensor:
+        """(q, k) bool: causal on position ids and ``q - k < window`` (transformers' ``sliding_window_overlay``)."""
+        if self._windowed is None:
+            self._windowed = {}
+        if window not in self._windowed:
+            distance = self.query_positions[:, None] - self.key_positions[None, :]
+            self._windowed[window] = (distance >= 0) & (distance < window)
+        return self._windowed[window]
 
 
 @dataclass
@@ -63,13 +76,18 @@ def _keys(tensor: Tensor, ranges: tuple[tuple[int, int], ...]) -> Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
 
-def _sdpa_segment(module: nn.Module, q: Tensor, k: Tensor, v: Tensor, seg: Segment, dropout: float, scaling) -> Tensor:
+def _sdpa_segment(
+    module: nn.Module, q: Tensor, k: Tensor, v: Tensor, seg: Segment, dropout: float, scaling, window: int | None
+) -> Tensor:
     gqa = {}
     if getattr(module, "num_key_value_groups", 1) > 1:  # grouped-query attention without copying K/V per head
         if _SDPA_GQA:
             gqa = {"enable_gqa": True}
         else:
             k, v = (t.repeat_interleave(module.num_key_value_groups, dim=1) for t in (k, v))
+    if window is not None and seg.reach >= window:  # the window cuts into this segment
+        mask = seg.window_mask(window)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling, **gqa)
     if seg.causal_square:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, **gqa)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=seg.mask, dropout_p=dropout, scale=scaling, **gqa)
@@ -103,14 +121,14 @@ def _route(base: str):
             raise NotImplementedError("the block route takes one packed row and no attention sinks")
         segments.calls += 1
         dropout, scaling = kwargs.get("dropout", 0.0), kwargs.get("scaling")
+        window = kwargs.get("sliding_window")  # this layer's (None on full-attention layers)
         outputs = []
         for seg in segments.items:
             q = query[:, :, seg.start : seg.end]
             k, v = _keys(key, seg.key_ranges), _keys(value, seg.key_ranges)
             if base == "sdpa":
-                outputs.append(_sdpa_segment(module, q, k, v, seg, dropout, scaling))
+                outputs.append(_sdpa_segment(module, q, k, v, seg, dropout, scaling, window))
             else:
-                window = kwargs.get("sliding_window")
                 outputs.append(_eager_segment(module, q, k, v, seg, dropout, scaling, kwargs.get("softcap"), window))
         return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
 

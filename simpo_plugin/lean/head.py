@@ -35,7 +35,9 @@ def model_inputs(layout: PairLayout, attn_implementation: str | None, dtype: tor
     mask = layout.attention_mask
     if layout.segments is not None:
         inputs["simpo_segments"] = layout.segments  # the route reads these; the mask is a placeholder
-    elif mask is not None and mask.dim() == 4 and attn_implementation == "eager":
+    elif isinstance(mask, dict) and attn_implementation == "eager":  # one per layer type
+        mask = {kind: additive_mask(m, dtype) for kind, m in mask.items()}
+    elif mask is not None and not isinstance(mask, dict) and mask.dim() == 4 and attn_implementation == "eager":
         mask = additive_mask(mask, dtype)
     if mask is not None:
         inputs["attention_mask"] = mask

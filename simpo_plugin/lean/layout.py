@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .attention import Segment, Segments, placeholder_mask
+from .windows import LayerWindows
 
 
 IGNORE_INDEX = -100
@@ -34,7 +35,8 @@ class PairLayout:
     """What the model computes for one batch of ``num_pairs`` preference pairs."""
 
     input_ids: Tensor  # (R, L)
-    attention_mask: Tensor | None  # (R, L) padding mask, (R, 1, L, L) bool "may attend", or None (varlen)
+    # (R, L) padding mask; (R, 1, L, L) bool "may attend", or one per layer type (a dict); None (varlen)
+    attention_mask: Tensor | dict[str, Tensor] | None
     position_ids: Tensor | None  # (R, L); None lets the model derive them from a 2D mask
     predictors: Tensor  # (N,) flat index into R*L of the hidden state that predicts each response token
     targets: Tensor  # (N,) the response tokens
@@ -83,11 +85,13 @@ def packed_layout(
     share_prompt: bool = True,
     one_row: bool = False,
     segments: bool = False,
+    windows: LayerWindows | None = None,
 ) -> PairLayout:
     """Pack the batch; see the module docstring. Pairs whose two prompts differ are never shared.
 
     With ``segments`` (one row only) the attention is described by :class:`Segments` for the block route
-    instead of a dense (L x L) mask.
+    instead of a dense (L x L) mask. ``windows``: the model's sliding windows, applied to the dense masks on
+    position ids (the route applies them per layer itself).
     """
     num_pairs = input_ids.shape[0] // 2
     rows = [_split_row(*row) for row in zip(input_ids.tolist(), attention_mask.tolist(), labels.tolist(), strict=True)]
@@ -108,7 +112,7 @@ def packed_layout(
             pairs.append([_sequence_block(prompt_c, chosen, i), _sequence_block(prompt_r, rejected, num_pairs + i)])
 
     row_groups = [[block for blocks in pairs for block in blocks]] if one_row else pairs
-    return _assemble(row_groups, num_pairs, input_ids.device, segments=segments and one_row)
+    return _assemble(row_groups, num_pairs, input_ids.device, segments=segments and one_row, windows=windows)
 
 
 def _sequence_block(prompt: list[int], response: list[int], sequence_id: int) -> tuple:
@@ -151,13 +155,18 @@ def _block_segments(block: tuple, offset: int, device: torch.device) -> list[Seg
                 mask=None if square else query_pos[:, None] >= key_pos[None, :],
                 query_positions=query_pos,
                 key_positions=key_pos,
+                reach=max(pos[start:end]) - min(pos[j] for a, b in key_ranges for j in range(a, b)),
             )
         )
     return segments
 
 
 def _assemble(
-    row_groups: list[list[tuple]], num_pairs: int, device: torch.device, segments: bool = False
+    row_groups: list[list[tuple]],
+    num_pairs: int,
+    device: torch.device,
+    segments: bool = False,
+    windows: LayerWindows | None = None,
 ) -> PairLayout:
     """Lay blocks out in rows (right-padded to the longest row) and build the mask (or segments) and indices."""
     length = max(sum(len(block[0]) for block in group) for group in row_groups)
@@ -203,8 +212,13 @@ def _assemble(
     same_doc = (docs[:, :, None] == docs[:, None, :]) & (docs[:, :, None] >= 0)
     blocked = (kinds[:, :, None] == _REJECTED) & (kinds[:, None, :] == _CHOSEN)
     allowed = causal & same_doc & ~blocked
-    allowed |= torch.eye(length, dtype=torch.bool)  # padding rows attend to themselves only
-    return PairLayout(attention_mask=allowed[:, None].to(device), **indices)
+    eye = torch.eye(length, dtype=torch.bool)  # padding rows attend to themselves only
+    mask = (allowed | eye)[:, None].to(device)
+    if windows is not None and windows.window is not None:
+        distance = positions[:, :, None] - positions[:, None, :]
+        windowed = ((allowed & (distance < windows.window)) | eye)[:, None].to(device)
+        mask = {"full_attention": mask, "sliding_attention": windowed} if windows.mixed else windowed
+    return PairLayout(attention_mask=mask, **indices)
 
 
 def additive_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:

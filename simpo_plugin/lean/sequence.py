@@ -17,6 +17,7 @@ from .head import (
 )
 from .holding import sharded_by_fsdp
 from .layout import PairLayout, packed_layout, padded_layout
+from .windows import UnsupportedLayerTypes, layer_windows
 
 
 logger = logging.getLogger("llamafactory.simpo")
@@ -59,11 +60,16 @@ class SequenceLogps:
             self._warn_once("prefix sharing / padding-free need text-only batches; using padded rows")
             return padded_layout(ids, mask, labels)
         if attn_implementation in MASK_ATTENTION:
+            try:
+                windows = layer_windows(model.config) if model is not None else None
+            except UnsupportedLayerTypes as exc:
+                self._warn_once(f"prefix sharing / padding-free cannot lay out {exc}; using padded rows")
+                return padded_layout(ids, mask, labels)
             if self.route and model is not None and install_route(model):
                 return packed_layout(ids, mask, labels, share_prompt=share, one_row=True, segments=True)
             if not (share or one_row):
                 return padded_layout(ids, mask, labels)
-            return packed_layout(ids, mask, labels, share_prompt=share, one_row=one_row)
+            return packed_layout(ids, mask, labels, share_prompt=share, one_row=one_row, windows=windows)
         if attn_implementation in VARLEN_ATTENTION and one_row:
             if share:
                 self._warn_once(f"prefix sharing needs sdpa or eager attention, not {attn_implementation}")
