@@ -12,7 +12,7 @@ from lean_cases import WINDOWED, collated_batch, tiny_model, windowed_model
 
 from simpo_plugin.lean import LeanConfig, SequenceLogps
 from simpo_plugin.lean import sequence as forward
-from simpo_plugin.lean.head import model_inputs, plain_token_logps
+from simpo_plugin.lean.head import model_inputs
 from simpo_plugin.lean.layout import packed_layout, padded_layout
 
 
@@ -136,6 +136,42 @@ def test_route_runs_in_every_layer_without_a_dense_mask() -> None:
     torch.testing.assert_close(routed, plain, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("kind", ["llama", "mistral"])
+def test_route_passes_no_mask_to_sdpa_and_runs_on_fast_kernels(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every SDPA segment runs ``is_causal`` or with torch's lower-right ``CausalBias`` (both have CUDA flash and
+    memory-efficient kernels), GQA without copied K/V; an explicit mask only where a sliding window cuts into the
+    segment. On CPU, the only non-math backend (flash) computes the whole route, exactly."""
+    from types import SimpleNamespace
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention.bias import CausalBias
+
+    from simpo_plugin.lean import attention
+
+    calls: list[tuple[object, int, int]] = []
+
+    def recording(q, k, v, attn_mask=None, **kwargs):
+        calls.append((attn_mask, k.shape[1], k.shape[2]))
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(attention, "F", SimpleNamespace(scaled_dot_product_attention=recording))
+    model = tiny_model("llama") if kind == "llama" else windowed_model("mistral", window=6)
+    batch = collated_batch(num_pairs=3, seed=2)
+    expected = sums_and_grads(model, batch, REFERENCE)
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        routed = sums_and_grads(model, batch, config())
+    assert_same(routed, expected)
+    heads = model.config.num_key_value_heads
+    assert calls and all(key_heads == heads < model.config.num_attention_heads for _, key_heads, _ in calls)
+    assert any(isinstance(mask, CausalBias) for mask, _, _ in calls)
+    masked = [keys for mask, _, keys in calls if mask is not None and not isinstance(mask, CausalBias)]
+    if kind == "llama":
+        assert not masked
+    else:  # window 6: only segments with more than 6 keys need one
+        assert masked and all(keys > 6 for keys in masked)
+        assert all(keys <= 6 for mask, _, keys in calls if mask is None or isinstance(mask, CausalBias))
+
+
 def test_attention_that_bypasses_the_route_falls_back_to_dense_masks(caplog: pytest.LogCaptureFixture) -> None:
     import copy
 
@@ -223,7 +259,8 @@ def test_fsdp_wrapped_model_uses_the_plain_path_with_one_warning(caplog: pytest.
 
 
 def test_one_time_check_scores_a_sample_without_full_logits(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The check's reference forward hands the head K sampled states: no (rows, L, V) logits, even on step 1."""
+    """The check rides on the lean forward: the head gets K sampled states, so no (rows, L, V) logits and no second
+    forward, even on step 1."""
     monkeypatch.setattr(forward, "LEAN_CHECK_TOKENS", 5)
     model = tiny_model("gemma2", attn="eager")  # soft-capping runs in the model's forward after the head
     batch = collated_batch(num_pairs=4, seed=9)
@@ -233,28 +270,53 @@ def test_one_time_check_scores_a_sample_without_full_logits(monkeypatch: pytest.
     )
     computer = SequenceLogps(config())
     sums = computer(model, model, batch)[0]
+    computer(model, model, batch)
     handle.remove()
     assert computer.lean and computer._lean_checked
-    assert sorted(head_rows) == [0, 5]  # the lean forward's empty slice, then the check's sample
+    assert head_rows == [5, 0]  # step 1: the check's sample in the one forward; then the empty slice
     assert int((batch["labels"] != -100).sum()) > 5
     torch.testing.assert_close(
         sums.detach(), SequenceLogps(REFERENCE)(model, model, batch)[0].detach(), atol=1e-5, rtol=0
     )
 
 
-def test_check_tolerates_rounding_of_a_few_tokens_but_not_a_shift_of_all() -> None:
+@pytest.mark.parametrize("offset, keeps_lean", [("one_ulp", True), ("every_token", False)])
+def test_check_tolerates_rounding_of_a_few_tokens_but_not_a_shift_of_all(
+    monkeypatch: pytest.MonkeyPatch, offset: str, keeps_lean: bool
+) -> None:
+    original = forward.lean_token_logps
+
+    def perturbed(*args, **kwargs):
+        token_logps, checked = original(*args, **kwargs)
+        if offset == "one_ulp":  # one bf16 ulp at |logit| ~ 10, as matmuls of different shapes may round
+            return token_logps + torch.nn.functional.one_hot(torch.tensor(0), token_logps.numel()) * 0.0625, checked
+        return token_logps + 0.05, checked
+
+    monkeypatch.setattr(forward, "lean_token_logps", perturbed)
     model = tiny_model("llama")
-    batch = collated_batch(num_pairs=3, seed=4)
-    layout = padded_layout(**batch)
-    inputs = model_inputs(layout, "sdpa", torch.float32)
     computer = SequenceLogps(config())
-    head = model.get_output_embeddings()
-    with torch.no_grad():
-        lean = plain_token_logps(model, inputs, layout)
-    one_ulp = lean.clone()
-    one_ulp[0] += 0.0625  # one bf16 ulp at |logit| ~ 10, as matmuls of different shapes may round
-    assert computer._agrees_with_logits(model, head, inputs, layout, one_ulp, "llama")
-    assert not computer._agrees_with_logits(model, head, inputs, layout, lean + 0.05, "llama")
+    computer(model, model, collated_batch(num_pairs=3, seed=4))
+    assert computer.lean is keeps_lean
+
+
+def test_neftune_noise_keeps_the_lean_path(caplog: pytest.LogCaptureFixture) -> None:
+    """NEFTune (``neftune_noise_alpha``, LLaMA-Factory#1849) draws new embedding noise in every training forward:
+    the check compares on the same forward's states, so the noise cannot make it fall back."""
+    try:
+        from transformers.integrations.neftune import neftune_post_forward_hook
+    except ImportError:  # transformers < 5
+        from transformers.trainer_utils import neftune_post_forward_hook
+
+    model = tiny_model("llama").train()
+    embeddings = model.get_input_embeddings()
+    embeddings.neftune_noise_alpha = 50.0
+    embeddings.register_forward_hook(neftune_post_forward_hook)
+    batch = collated_batch(num_pairs=3, seed=12)
+    computer = SequenceLogps(config())
+    with caplog.at_level(logging.WARNING, logger="llamafactory.simpo"):
+        first, second = (computer(model, model, batch)[0].detach() for _ in range(2))
+    assert computer.lean and computer._lean_checked and not caplog.text
+    assert (first - second).abs().max() > 0.05  # the noise is real: two forwards differ by more than the tolerance
 
 
 def test_fp32_model_under_bf16_autocast_keeps_the_lean_path(caplog: pytest.LogCaptureFixture) -> None:
@@ -288,7 +350,8 @@ def test_layouts_compute_fewer_tokens_and_score_the_same_responses() -> None:
 
 
 def test_two_process_ddp_lean_gradients_agree(tmp_path: Path) -> None:
-    """Under DDP (gloo), the lean path's gradients are identical on both ranks and equal the 1-process average."""
+    """Under DDP (gloo), the lean path's gradients are identical on both ranks and equal the 1-process average; a
+    lean check that fails on one rank only turns the lean path off on both (one decision, no hang)."""
     script = Path(__file__).with_name("dist_lean_grads.py")
     env = cli_env(PYTHONPATH=str(script.parent))
     torchrun = Path(sys.executable).with_name("torchrun")
@@ -297,6 +360,7 @@ def test_two_process_ddp_lean_gradients_agree(tmp_path: Path) -> None:
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    across_ranks, vs_reference = map(float, (tmp_path / "out.txt").read_text().split())
-    assert across_ranks == 0.0
-    assert vs_reference < 1e-5
+    across_ranks, vs_reference, verdicts = (tmp_path / "out.txt").read_text().split()
+    assert float(across_ranks) == 0.0
+    assert float(vs_reference) < 1e-5
+    assert verdicts == "0,0"

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from transformers import TrainerCallback
 
 from ..errors import FeatureUnavailable, describe
+from ..ranks import agreed
 from .checks import dropped, passes
 from .metrics import Generated, repeat_rate, summarize, text_units
 from .sampling import HFSampler
@@ -40,18 +41,6 @@ PREFIX = "probe/"
 
 class ProbeFailed(FeatureUnavailable):
     """A probe failed on some rank; raised on all ranks together."""
-
-
-def agreed_ok(ok: bool, device: Any) -> bool:
-    """Whether every rank's part went well, so that all ranks turn the probe off together (no rank is left
-    waiting in a collective)."""
-    import torch
-
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return ok
-    flag = torch.tensor([int(ok)], dtype=torch.int64, device=device)
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-    return bool(flag.item())
 
 
 @dataclass(frozen=True)
@@ -243,7 +232,7 @@ class GenerationProbe(TrainerCallback):
             result, error = work(), None
         except Exception as exc:  # noqa: BLE001 - turned into one agreed failure below
             result, error = None, exc
-        if not agreed_ok(error is None, self.trainer.args.device):
+        if not agreed(error is None, self.trainer.args.device):
             raise ProbeFailed(describe(error) if error is not None else "it failed on another rank") from error
         return result
 

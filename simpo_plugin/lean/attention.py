@@ -27,11 +27,12 @@ cut into keeps its mask-free causal call.
 """
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention.bias import causal_lower_right
 
 
 ROUTES = {"sdpa": "simpo_sdpa", "eager": "simpo_eager"}
@@ -41,26 +42,48 @@ _registered = False
 
 @dataclass
 class Segment:
-    """Queries ``[start, end)`` of the row attend to the keys of ``key_ranges``, concatenated."""
+    """Queries ``[start, end)`` of the row attend to the keys of ``key_ranges``, concatenated.
+
+    The keys' position ids run contiguously and end where the queries' end, so the attention is causal aligned to
+    the bottom right: query ``i`` of ``q`` sees the first ``k - q + i + 1`` keys (plain causal when ``k == q``).
+    No mask is stored; one is built, on the queries' device, only where a sliding window cuts into the segment
+    (or for eager attention).
+    """
 
     start: int
     end: int
     key_ranges: tuple[tuple[int, int], ...]
-    causal_square: bool  # keys are exactly the queries: plain causal
-    mask: Tensor | None = None  # (q, k) bool "may attend" from position ids, for the other segments
-    query_positions: Tensor | None = None
-    key_positions: Tensor | None = None
-    reach: int = 0  # the largest query-to-key distance in position ids: a window at least reach + 1 changes nothing
-    _windowed: dict[int, Tensor] | None = None  # (q, k) "may attend" within a window, built by the first layer
+    _allowed: dict[tuple[int | None, torch.device], Tensor] = field(default_factory=dict, init=False, repr=False)
 
-    def window_mask(self, window: int) -> Tensor:
-        """(q, k) bool: causal on position ids and ``q - k < window`` (transformers' ``sliding_window_overlay``)."""
-        if self._windowed is None:
-            self._windowed = {}
-        if window not in self._windowed:
-            distance = self.query_positions[:, None] - self.key_positions[None, :]
-            self._windowed[window] = (distance >= 0) & (distance < window)
-        return self._windowed[window]
+    @property
+    def num_queries(self) -> int:
+        return self.end - self.start
+
+    @property
+    def num_keys(self) -> int:
+        return sum(b - a for a, b in self.key_ranges)
+
+    @property
+    def causal_square(self) -> bool:
+        """The keys are the queries themselves: plain (top-left) causal."""
+        return self.num_keys == self.num_queries
+
+    @property
+    def reach(self) -> int:
+        """The largest query-to-key distance in position ids: a window of at least ``reach + 1`` changes nothing."""
+        return self.num_keys - 1
+
+    def allowed(self, window: int | None, device: torch.device) -> Tensor:
+        """(q, k) bool "may attend": bottom-right causal, and ``q - k < window`` in position ids when a window is
+        given (transformers' ``sliding_window_overlay``). Built once per window and device, from ``arange``s."""
+        if (window, device) not in self._allowed:
+            queries = torch.arange(self.num_keys - self.num_queries, self.num_keys, device=device)
+            distance = queries[:, None] - torch.arange(self.num_keys, device=device)[None, :]
+            allowed = distance >= 0
+            if window is not None:
+                allowed &= distance < window
+            self._allowed[window, device] = allowed
+        return self._allowed[window, device]
 
 
 @dataclass
@@ -79,6 +102,9 @@ def _keys(tensor: Tensor, ranges: tuple[tuple[int, int], ...]) -> Tensor:
 def _sdpa_segment(
     module: nn.Module, q: Tensor, k: Tensor, v: Tensor, seg: Segment, dropout: float, scaling, window: int | None
 ) -> Tensor:
+    """One segment on SDPA without a mask: ``is_causal`` when square, else torch's lower-right ``CausalBias``
+    (which CUDA's flash and memory-efficient kernels take as is). Only a window that cuts into the segment needs
+    an explicit mask."""
     gqa = {}
     if getattr(module, "num_key_value_groups", 1) > 1:  # grouped-query attention without copying K/V per head
         if _SDPA_GQA:
@@ -86,11 +112,14 @@ def _sdpa_segment(
         else:
             k, v = (t.repeat_interleave(module.num_key_value_groups, dim=1) for t in (k, v))
     if window is not None and seg.reach >= window:  # the window cuts into this segment
-        mask = seg.window_mask(window)
+        mask = seg.allowed(window, q.device)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling, **gqa)
     if seg.causal_square:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, **gqa)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=seg.mask, dropout_p=dropout, scale=scaling, **gqa)
+    mask = causal_lower_right(seg.num_queries, seg.num_keys)
+    if torch.is_autocast_enabled(q.device.type):  # the bias dispatches before autocast would cast q, k, v alike
+        q, k, v = (t.to(torch.get_autocast_dtype(q.device.type)) for t in (q, k, v))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling, **gqa)
 
 
 def _eager_segment(
@@ -103,10 +132,7 @@ def _eager_segment(
     scores = torch.matmul(q, k.transpose(2, 3)) * (scaling if scaling is not None else module.head_dim**-0.5)
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
-    allowed = seg.query_positions[:, None] >= seg.key_positions[None, :]
-    if window is not None:
-        allowed &= seg.query_positions[:, None] - seg.key_positions[None, :] < window
-    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    scores = scores.masked_fill(~seg.allowed(window, q.device), torch.finfo(scores.dtype).min)
     weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
     weights = F.dropout(weights, p=dropout, training=module.training)
     return torch.matmul(weights, v)

@@ -94,13 +94,20 @@ def lean_token_logps(
     layout: PairLayout,
     softcap: float | None,
     chunk_size: int,
-) -> Tensor:
+    check: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None]:
     """(N,) fp32 log-probs of the response tokens, computing the head only where a response token is predicted.
 
     A plain Linear head is computed inside its own forward call, where every framework holds its weight whole; any
     other head is called on the kept states after the forward. Either way the states are taken as the forward hands
     them to the head, before any framework's pre-hook wraps them: DeepSpeed ZeRO-3 ties its per-module backward
     bookkeeping to the wrapped input, and the head's own (empty) output never sees a backward.
+
+    ``check`` (K,) indexes response tokens to verify in the same forward: the head is handed their K hidden states
+    (detached) instead of an empty slice, so the model's own logits for them come back through everything its
+    forward does after the head (a logit scale, soft-capping), computed from the very states the lean values used:
+    dropout and NEFTune noise are the same on both sides. The second value is their (K,) fp32 log-probs, or None
+    when the forward reshaped the head's output.
     """
     received: list[Tensor] = []
     computed: list[Tensor] = []
@@ -113,49 +120,32 @@ def lean_token_logps(
         hidden = received[-1]
         states = hidden.reshape(-1, hidden.shape[-1])[layout.predictors]
         computed.append(_kernel_logps(module, states, layout.targets, softcap, chunk_size) if in_forward else states)
+        if check is not None:
+            return (args[0].reshape(-1, args[0].shape[-1])[layout.predictors[check]].detach()[None], *args[1:])
         return (args[0][..., :0, :], *args[1:])
 
     handles = [head.register_forward_pre_hook(receive, prepend=True), head.register_forward_pre_hook(compute)]
     try:
-        model(**inputs, use_cache=False)
+        logits = model(**inputs, use_cache=False).logits
     finally:
         for handle in handles:
             handle.remove()
     if len(computed) != 1:
         raise HeadNotCalledError(f"the output embedding was called {len(computed)} times in one forward")
+    checked = None
+    if check is not None and logits.shape[:-1] == (1, check.numel()):
+        with torch.no_grad():
+            checked = _label_logps_from_logits(logits[0].detach(), layout.targets[check], softcap=None)
+    del logits
     if in_forward:
-        return computed[0]
-    return _module_logps(head, computed[0], layout.targets, softcap, chunk_size)
+        return computed[0], checked
+    return _module_logps(head, computed[0], layout.targets, softcap, chunk_size), checked
 
 
 def plain_token_logps(model: nn.Module, inputs: dict[str, Tensor], layout: PairLayout) -> Tensor:
     """(N,) fp32 log-probs from the model's full logits, the way every other implementation computes them."""
     logits = model(**inputs, use_cache=False).logits
     return _label_logps_from_logits(logits.reshape(-1, logits.shape[-1])[layout.predictors], layout.targets, None)
-
-
-def sampled_plain_token_logps(
-    model: nn.Module, head: nn.Module, inputs: dict[str, Tensor], layout: PairLayout, sample: Tensor
-) -> Tensor:
-    """(K,) fp32 log-probs of the response tokens ``sample`` indexes, from the model's own logits.
-
-    The head is handed only those K hidden states, as a (1, K, H) row, so whatever the model's forward does after
-    the head (a logit scale, soft-capping) still applies, while the logits it builds are (1, K, V), not (R, L, V).
-    """
-    predictors = layout.predictors[sample]
-
-    def keep_sample(module: nn.Module, args: tuple) -> tuple:
-        hidden = args[0]
-        return (hidden.reshape(-1, hidden.shape[-1])[predictors][None], *args[1:])
-
-    handle = head.register_forward_pre_hook(keep_sample)
-    try:
-        logits = model(**inputs, use_cache=False).logits
-    finally:
-        handle.remove()
-    if logits.shape[:-1] != (1, sample.numel()):
-        raise HeadNotCalledError(f"the forward reshaped the head's output to {tuple(logits.shape)}")
-    return _label_logps_from_logits(logits[0], layout.targets[sample], softcap=None)
 
 
 def sequence_sums(token_logps: Tensor, layout: PairLayout) -> tuple[Tensor, Tensor]:

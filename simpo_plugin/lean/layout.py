@@ -131,34 +131,19 @@ def _sequence_block(prompt: list[int], response: list[int], sequence_id: int) ->
     )
 
 
-def _block_segments(block: tuple, offset: int, device: torch.device) -> list[Segment]:
+def _block_segments(block: tuple, offset: int) -> list[Segment]:
     """A shared block gives ``[prompt][chosen]`` (causal) and ``[rejected]`` (keys: prompt + itself); else one."""
-    tokens, pos, kind, _ = block
+    tokens, _, kind, _ = block
     n = len(tokens)
     p, c = kind.count(_PROMPT), kind.count(_CHOSEN)
     spans = [((0, p + c), ((0, p + c),)), ((p + c, n), ((0, p), (p + c, n)))] if _REJECTED in kind else [
         ((0, n), ((0, n),))
     ]  # fmt: skip
-    segments = []
-    for (start, end), key_ranges in spans:
-        if end <= start:
-            continue
-        query_pos = torch.tensor(pos[start:end], device=device)
-        key_pos = torch.tensor([pos[j] for a, b in key_ranges for j in range(a, b)], device=device)
-        square = key_ranges == ((start, end),)
-        segments.append(
-            Segment(
-                start=offset + start,
-                end=offset + end,
-                key_ranges=tuple((offset + a, offset + b) for a, b in key_ranges),
-                causal_square=square,
-                mask=None if square else query_pos[:, None] >= key_pos[None, :],
-                query_positions=query_pos,
-                key_positions=key_pos,
-                reach=max(pos[start:end]) - min(pos[j] for a, b in key_ranges for j in range(a, b)),
-            )
-        )
-    return segments
+    return [
+        Segment(start=offset + start, end=offset + end, key_ranges=tuple((offset + a, offset + b) for a, b in ranges))
+        for (start, end), ranges in spans
+        if end > start
+    ]
 
 
 def _assemble(
@@ -184,7 +169,7 @@ def _assemble(
             tokens, pos, kind, responses = block
             n = len(tokens)
             if segments:
-                row_segments += _block_segments(block, offset, device)
+                row_segments += _block_segments(block, offset)
             ids[r, offset : offset + n] = torch.tensor(tokens)
             positions[r, offset : offset + n] = torch.tensor(pos)
             kinds[r, offset : offset + n] = torch.tensor(kind)

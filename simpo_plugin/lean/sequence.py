@@ -5,6 +5,7 @@ import logging
 import torch
 from torch import Tensor, nn
 
+from ..ranks import agreed
 from .attention import ROUTES, install_route
 from .config import LeanConfig
 from .head import (
@@ -12,7 +13,6 @@ from .head import (
     lean_token_logps,
     model_inputs,
     plain_token_logps,
-    sampled_plain_token_logps,
     sequence_sums,
 )
 from .holding import sharded_by_fsdp
@@ -110,45 +110,38 @@ class SequenceLogps:
             self._warn_once("FSDP shards the LM head, which the lean head cannot gather in backward; plain log-probs")
             return None
         softcap = getattr(unwrapped.config, "final_logit_softcapping", None)
+        check = None if self._lean_checked else check_sample(layout)
         try:
-            token_logps = lean_token_logps(model, head, inputs, layout, softcap, self.config.logps_chunk_size)
+            token_logps, checked = lean_token_logps(
+                model, head, inputs, layout, softcap, self.config.logps_chunk_size, check=check
+            )
         except HeadNotCalledError as exc:
             self.lean = False
             self._warn_once(f"cannot split {type(unwrapped).__name__} into body and head ({exc}); plain log-probs")
             return None
+        if check is None:
+            return token_logps
+        self._lean_checked = True
+        if checked is None:  # the forward reshapes the head's output: compare with its full logits
+            with torch.no_grad():
+                checked = plain_token_logps(model, inputs, layout)[check]
+        difference = (token_logps.detach()[check] - checked).abs()
+        agrees = difference.numel() == 0 or bool(difference.mean() <= LEAN_CHECK_MEAN_ATOL)
+        if agreed(agrees, difference.device):
+            return token_logps
+        self.lean = False
+        if not agrees:
+            self._warn_once(
+                f"lean log-probs of {type(unwrapped).__name__} differ from its logits by "
+                f"{difference.mean().item():.3g} on average (max {difference.max().item():.3g}; a head the lean "
+                "path does not model); using plain log-probs"
+            )
+        else:
+            self._warn_once("the lean log-probs disagree with the logits on another rank; using plain log-probs")
+        return None
 
-        if not self._lean_checked:
-            self._lean_checked = True
-            if not self._agrees_with_logits(
-                model, head, inputs, layout, token_logps.detach(), type(unwrapped).__name__
-            ):
-                self.lean = False
-                return None
-        return token_logps
 
-    def _agrees_with_logits(
-        self, model: nn.Module, head: nn.Module, inputs: dict, layout: PairLayout, lean: Tensor, name: str
-    ) -> bool:
-        """One-time check of the lean values against the model's own logits on up to LEAN_CHECK_TOKENS tokens.
-
-        The statistic is the mean absolute difference: 16-bit logits computed by matmuls of different shapes can
-        round a few tokens one ulp apart (0.06 at |logit| ~ 10 in bf16), while a missed logit scale or cap shifts
-        nearly every token.
-        """
-        if lean.numel() == 0:
-            return True
-        count = min(LEAN_CHECK_TOKENS, lean.numel())
-        sample = torch.linspace(0, lean.numel() - 1, count, device=lean.device).round().long()
-        with torch.no_grad():
-            try:
-                reference = sampled_plain_token_logps(model, head, inputs, layout, sample)
-            except HeadNotCalledError:  # a forward that reshapes the head's output: check against full logits
-                reference = plain_token_logps(model, inputs, layout)[sample]
-        difference = (lean[sample] - reference).abs()
-        if difference.mean().item() <= LEAN_CHECK_MEAN_ATOL:
-            return True
-        self._warn_once(
-            f"lean log-probs of {name} differ from its logits by {difference.mean().item():.3g} on average "
-            f"(max {difference.max().item():.3g}; a head the lean path does not model); using plain log-probs"
-        )
-        return False
+def check_sample(layout: PairLayout) -> Tensor:
+    """(K,) indices of up to ``LEAN_CHECK_TOKENS`` response tokens, evenly spread, for the one-time lean check."""
+    count, device = layout.targets.numel(), layout.targets.device
+    return torch.linspace(0, max(count - 1, 0), min(LEAN_CHECK_TOKENS, count), device=device).round().long()

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from ..ranks import agreed
+
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 REPEAT_WINDOW_S = 2.0
@@ -63,17 +65,6 @@ class StopRequest:
         os.kill(os.getpid(), signum)
 
 
-def _agreed_signal(local: int, device: torch.device) -> int:
-    """The signal any rank received (0 if none), so that every rank stops after the same step."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return local
-    if torch.distributed.get_world_size() == 1:
-        return local
-    flag = torch.tensor([local], dtype=torch.int64, device=device)
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return int(flag.item())
-
-
 class PreemptionGuard(TrainerCallback):
     """Turns a stop request into ``should_save`` + ``should_training_stop`` at the next optimizer-step end.
 
@@ -89,7 +80,7 @@ class PreemptionGuard(TrainerCallback):
         self.request.install()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        signum = _agreed_signal(self.request.signum or 0, args.device)
+        signum = agreed(self.request.signum or 0, args.device, op="max")
         if signum and self.stopped is None:
             self.stopped = (state.global_step, signum)
             control.should_save = True
