@@ -18,6 +18,8 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from simpo_plugin.lean import LeanConfig, SequenceLogps
+
 
 VOCAB = 97
 IGNORE_INDEX = -100
@@ -108,3 +110,21 @@ def collated_batch(num_pairs: int = 3, seed: int = 0, left_pad: bool = False, di
         mask[i, cols] = 1
         labels[i, cols] = torch.tensor([IGNORE_INDEX] * len(prompt) + response)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def sums_and_grads(model: torch.nn.Module, batch: dict, cfg: LeanConfig, seed: int = 1):
+    """Per-sequence sums and lengths, and parameter gradients of a random linear function of the sums."""
+    model.zero_grad(set_to_none=True)
+    sums, lengths = SequenceLogps(cfg)(model, model, batch)
+    weights = torch.randn(sums.shape, generator=torch.Generator().manual_seed(seed))
+    (sums * weights).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return sums.detach(), lengths, grads
+
+
+def assert_same(actual, expected) -> None:
+    torch.testing.assert_close(actual[0], expected[0], atol=1e-5, rtol=1e-5)
+    assert torch.equal(actual[1], expected[1])
+    assert actual[2].keys() == expected[2].keys()
+    for name in expected[2]:
+        torch.testing.assert_close(actual[2][name], expected[2][name], atol=1e-5, rtol=1e-4, msg=name)

@@ -137,3 +137,36 @@ def test_help_lists_simpo_keys_after_the_hosts(flag: str) -> None:
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert host.returncode == 0 and "simpo_gamma_beta_ratio" not in host.stdout  # other stages: the host's help only
     assert "--pref_loss" in host.stdout and "(default: 0.1)" in " ".join(host.stdout.split())  # left as they were
+
+
+@pytest.mark.parametrize("version, refused", [("5.6.0", True), ("5.5.4", False)])
+def test_flash_attention_2_under_the_broken_transformers_is_refused_before_loading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: str, refused: bool
+) -> None:
+    """transformers 5.6.0 breaks FlashAttention-2 for models without attention sinks (huggingface/transformers
+    #45588): the parse says so and what to install, instead of the first forward failing."""
+    import transformers
+    import transformers.utils
+
+    monkeypatch.setattr(transformers, "__version__", version)
+    monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: True)
+    if refused:
+        with pytest.raises(SimPOArgumentError, match=r"`flash_attn: fa2` fails under transformers 5\.6\.0.*5\.5\.4"):
+            parse(tmp_path, flash_attn="fa2")
+    else:
+        parse(tmp_path, flash_attn="fa2")
+    parse(tmp_path, flash_attn="sdpa")
+
+
+def test_unsloth_takes_the_hosts_padded_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    """unsloth replaces attention outside transformers' interface: the stage turns packing off, with a warning."""
+    from llamafactory.hparams import parser
+
+    real_check = parser.check_version
+    monkeypatch.setattr(
+        parser, "check_version", lambda name, *a, **k: None if name == "unsloth" else real_check(name, *a, **k)
+    )
+    config = parse(tmp_path, use_unsloth=True, simpo_padding_free=True)[3].stage_args
+    assert (config.attention_route, config.prefix_sharing, config.padding_free) == (False, False, False)
+    assert config.lean_logps  # the lean head does not depend on the attention
+    assert "`use_unsloth` replaces the model's attention" in caplog.text

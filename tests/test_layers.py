@@ -3,8 +3,8 @@
 Layers: ``lean`` (the math: forward and loss, pure torch), ``data`` (reading datasets the host's way: names, the
 bundled datasets, rows with the host's reasons), ``generation`` (sampling, scoring, pairs, probes),
 ``train`` (the stage: arguments, workflow, trainer, callbacks) and ``host`` (the glue to LLaMA-Factory); at the top
-``_startup`` (what the ``.pth`` line runs), the neutral ``errors`` and ``exits``, ``cli`` and ``testing``. Every
-import counts, including those under ``TYPE_CHECKING`` and inside functions.
+``_startup`` (what the ``.pth`` line runs), the neutral ``errors``, ``exits`` and ``ranks``, ``cli`` and
+``testing``. Every import counts, including those under ``TYPE_CHECKING`` and inside functions.
 """
 
 import ast
@@ -33,6 +33,7 @@ RULES = [
     ("simpo_plugin._startup", HEAVY, "the .pth line runs in every interpreter: nothing heavy"),
     ("simpo_plugin.errors", ("simpo_plugin.", *HEAVY), "neutral modules depend on nothing"),
     ("simpo_plugin.exits", ("simpo_plugin.", *HEAVY), "neutral modules depend on nothing"),
+    ("simpo_plugin.ranks", ("simpo_plugin.",), "neutral modules depend on nothing of the plugin (torch, lazily)"),
 ]  # fmt: skip
 
 

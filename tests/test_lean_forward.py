@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import cli_env
-from lean_cases import WINDOWED, collated_batch, tiny_model, windowed_model
+from lean_cases import WINDOWED, assert_same, collated_batch, sums_and_grads, tiny_model, windowed_model
 
 from simpo_plugin.lean import LeanConfig, SequenceLogps
 from simpo_plugin.lean import sequence as forward
@@ -35,24 +35,6 @@ PATHS = {
     "plain+route": config(lean=False),
     "lean+chunk_1": config(chunk=1),
 }
-
-
-def sums_and_grads(model: torch.nn.Module, batch: dict, cfg: LeanConfig, seed: int = 1):
-    """Per-sequence sums and lengths, and parameter gradients of a random linear function of the sums."""
-    model.zero_grad(set_to_none=True)
-    sums, lengths = SequenceLogps(cfg)(model, model, batch)
-    weights = torch.randn(sums.shape, generator=torch.Generator().manual_seed(seed))
-    (sums * weights).sum().backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return sums.detach(), lengths, grads
-
-
-def assert_same(actual, expected) -> None:
-    torch.testing.assert_close(actual[0], expected[0], atol=1e-5, rtol=1e-5)
-    assert torch.equal(actual[1], expected[1])
-    assert actual[2].keys() == expected[2].keys()
-    for name in expected[2]:
-        torch.testing.assert_close(actual[2][name], expected[2][name], atol=1e-5, rtol=1e-4, msg=name)
 
 
 @pytest.mark.parametrize("path", sorted(PATHS))
@@ -172,7 +154,9 @@ def test_route_passes_no_mask_to_sdpa_and_runs_on_fast_kernels(kind: str, monkey
         assert all(keys <= 6 for mask, _, keys in calls if mask is None or isinstance(mask, CausalBias))
 
 
-def test_attention_that_bypasses_the_route_falls_back_to_dense_masks(caplog: pytest.LogCaptureFixture) -> None:
+def test_attention_that_bypasses_the_route_falls_back_to_padded_rows(caplog: pytest.LogCaptureFixture) -> None:
+    """Attention outside transformers' interface (remote code, a patched attention) may ignore 4D masks and
+    position ids too: the host's padded rows are the only layout it is sure to attend exactly."""
     import copy
 
     model = tiny_model("llama")
@@ -188,9 +172,23 @@ def test_attention_that_bypasses_the_route_falls_back_to_dense_masks(caplog: pyt
         sums, lengths = computer(model, model, batch)
         weights = torch.randn(sums.shape, generator=torch.Generator().manual_seed(1))
         (sums * weights).sum().backward()
-    assert computer.route is False and "cannot be routed per segment" in caplog.text
+    assert computer.route is False and "does not go through transformers' attention interface" in caplog.text
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     assert_same((sums.detach(), lengths, grads), expected)
+    layout = computer.layout(batch, "sdpa", model)
+    assert layout.input_ids.shape == batch["input_ids"].shape and layout.position_ids is None  # the host's rows
+
+
+def test_attention_sinks_take_the_padded_rows_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    model = tiny_model("llama")
+    model.model.layers[0].self_attn.sinks = torch.nn.Parameter(torch.zeros(4))  # as gpt-oss's attention has
+    batch = collated_batch(num_pairs=3, seed=13)
+    computer = SequenceLogps(config())
+    with caplog.at_level(logging.WARNING, logger="llamafactory.simpo"):
+        layouts = [computer.layout(batch, "sdpa", model) for _ in range(2)]
+    assert all(layout.input_ids.shape == batch["input_ids"].shape for layout in layouts)
+    assert model.config._attn_implementation == "sdpa"  # not routed
+    assert caplog.text.count("has attention sinks") == 1
 
 
 def test_lora_including_the_head_uses_the_checkpointed_module_path() -> None:

@@ -7,16 +7,17 @@ The trainer calls :class:`SequenceLogps` and :class:`SimPOLoss`; the stage build
       layout:   collated 2B padded rows -> one packed row                layout.py
                 [prompt][chosen][rejected] per pair, no padding, position ids restart for rejected
       route:    model(**inputs, simpo_segments=...)                      attention.py
-                each attention layer computes its segments ([prompt;chosen] causal, [rejected] -> prompt + itself)
+                each attention layer computes its segments ([prompt;chosen] causal, [rejected] -> prompt + itself):
+                sdpa/eager per segment without masks, flash-attention in one varlen call
       head:     final hidden states at the response positions only      head.py, holding.py
                 chunked label log-probs, no (rows, L, V) logits           kernel.py
       sums:     index_add per sequence -> (2B,) sums and lengths
     SimPOLoss(chosen sums, rejected sums, lengths)                       loss.py: Eq. 6, rewards, margins
 
 Each piece falls back on its own when a model cannot take it (dense-mask layouts, plain log-probs), with one
-warning; every fast path is exact (tests/test_lean_forward.py, tests/test_logprob.py). This package imports
-nothing from the stage, the host glue, generation or LLaMA-Factory (tests/test_layers.py), and importing it is
-cheap: torch loads with the first of the names below that is used.
+warning; every fast path is exact (tests/test_lean_forward.py, tests/test_lean_flash.py, tests/test_logprob.py).
+This package imports nothing from the stage, the host glue, generation or LLaMA-Factory (tests/test_layers.py),
+and importing it is cheap: torch loads with the first of the names below that is used.
 """
 
 from importlib import import_module

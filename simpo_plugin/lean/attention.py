@@ -3,31 +3,39 @@
 A packed row holds, per pair, ``[prompt][chosen][rejected]`` (or unshared ``[prompt][response]`` blocks). Its
 attention is a handful of small, independent problems, one per *segment* of queries:
 
-- ``[prompt][chosen]``: plain causal self-attention (SDPA ``is_causal``);
+- ``[prompt][chosen]``: plain causal self-attention;
 - ``[rejected]``: queries attend to the prompt's keys and to their own, causally: the keys are
-  ``[prompt; rejected]`` and the mask is bottom-right causal, which a position rule gives directly:
-  a query may see a key whose position id is not larger than its own.
+  ``[prompt; rejected]`` and the mask is causal aligned to the bottom right (the keys' position ids run
+  contiguously and end where the queries' end).
 
 Computing each segment alone replaces one (L x L) masked attention over the whole row, which materializes the
-scores of every query against every key, by the sum of the segments' own (q x k) problems.
+scores of every query against every key, by the sum of the segments' own (q x k) problems. Per implementation:
+
+- ``sdpa``: one SDPA call per segment, ``is_causal`` or torch's lower-right ``CausalBias`` (both have CUDA's flash
+  and memory-efficient kernels; no bool mask), GQA through ``enable_gqa``;
+- ``eager``: the model's own eager computation per segment (Gemma-2's soft-capped scores);
+- ``flash_attention_2`` / ``_3``: one ``flash_attn_varlen_func`` call per layer for the whole row, the keys
+  gathered per segment; flash-attn's causal mask is aligned to the bottom right (>= 2.1), each segment's mask.
 
 How the model's own forward reaches it: the route is registered in transformers' ``AttentionInterface`` (and
-``AttentionMaskInterface``) under ``simpo_sdpa`` / ``simpo_eager``, and the model's config is switched to that
-name once (:func:`install_route`; it is not saved with the model). Called with a :class:`Segments` keyword
-argument, which :class:`~simpo_plugin.lean.sequence.SequenceLogps` passes through ``model(**inputs)``, the route
-computes the segments; called without one (evaluation, generation, the plain path) it hands over to the
-original implementation, unchanged. Because the segments travel as a forward argument, gradient checkpointing
-recomputes the same attention, and DDP, DeepSpeed and PEFT wrappers pass it through. The row's attention mask is
-a (1, 1, 1, 1) placeholder that transformers hands over as is, so no (L x L) mask is ever built.
+``AttentionMaskInterface``) as ``simpo_<implementation>``, and the model's config is switched to that name once
+(:func:`install_route`; it is not saved with the model). Called with a :class:`Segments` keyword argument, which
+:class:`~simpo_plugin.lean.sequence.SequenceLogps` passes through ``model(**inputs)``, the route computes the
+segments; called without one (evaluation, generation, the plain path) it hands over to the original
+implementation, unchanged. Because the segments travel as a forward argument, gradient checkpointing recomputes
+the same attention, and DDP, DeepSpeed and PEFT wrappers pass it through. The row's attention mask is a
+(1, 1, 1, 1) placeholder that transformers hands over as is, so no (L x L) mask is ever built.
 
-Eager attention (Gemma-2's soft-capped scores) is computed the way the model's own eager function computes it,
-per segment. A layer's sliding window (the ``sliding_window`` its attention receives: Mistral, Qwen2, Gemma-2/3,
-Phi-3) is applied on position ids, ``q - k < window``, in both routes; an SDPA segment that the window does not
-cut into keeps its mask-free causal call.
+A layer's sliding window (the ``sliding_window`` its attention receives: Mistral, Qwen2, Gemma-2/3, Phi-3) is
+applied on position ids, ``q - k < window``: as a (q x k) mask for an SDPA segment the window cuts into (the
+others keep their mask-free call), in the eager mask, and as flash-attention's ``window_size``.
 """
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +43,8 @@ from torch import Tensor, nn
 from torch.nn.attention.bias import causal_lower_right
 
 
-ROUTES = {"sdpa": "simpo_sdpa", "eager": "simpo_eager"}
+FLASH_BASES = ("flash_attention_2", "flash_attention_3")
+ROUTES = {"sdpa": "simpo_sdpa", "eager": "simpo_eager"} | {base: f"simpo_{base}" for base in FLASH_BASES}
 _SDPA_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
 _registered = False
 
@@ -86,12 +95,50 @@ class Segment:
         return self._allowed[window, device]
 
 
+@dataclass(frozen=True)
+class VarlenIndex:
+    """A packed row's segments as one varlen attention problem (flash-attention's ``flash_attn_varlen_func``).
+
+    ``cu_seqlens_q`` / ``cu_seqlens_k``: (S + 1,) int32 offsets of each segment's queries in the row and of its keys
+    in the gathered keys; ``max_seqlen_q`` / ``max_seqlen_k``: the longest of each, as Python ints (no host sync in
+    the kernel call); ``key_index``: (K,) row positions of the gathered keys, None when every segment's keys are its
+    own queries (the row itself).
+    """
+
+    cu_seqlens_q: Tensor
+    cu_seqlens_k: Tensor
+    max_seqlen_q: int
+    max_seqlen_k: int
+    key_index: Tensor | None
+
+
 @dataclass
 class Segments:
     """The segments of one packed row, in row order (they tile the row)."""
 
     items: list[Segment]
     calls: int = 0  # how many attention layers computed them: 0 after a forward means the route was bypassed
+    _varlen: dict[torch.device, VarlenIndex] = field(default_factory=dict, init=False, repr=False)
+
+    def varlen(self, device: torch.device) -> VarlenIndex:
+        """The segments as one varlen problem on ``device``, built once per batch (one host-to-device copy)."""
+        if device not in self._varlen:
+            queries, keys, index = [0], [0], []
+            for seg in self.items:
+                queries.append(queries[-1] + seg.num_queries)
+                keys.append(keys[-1] + seg.num_keys)
+                index += [j for a, b in seg.key_ranges for j in range(a, b)]
+            shared = any(not seg.causal_square for seg in self.items)
+            packed = torch.tensor(queries + keys + (index if shared else []), dtype=torch.int64).to(device)
+            count = len(queries)
+            self._varlen[device] = VarlenIndex(
+                cu_seqlens_q=packed[:count].to(torch.int32),
+                cu_seqlens_k=packed[count : 2 * count].to(torch.int32),
+                max_seqlen_q=max(seg.num_queries for seg in self.items),
+                max_seqlen_k=max(seg.num_keys for seg in self.items),
+                key_index=packed[2 * count :] if shared else None,
+            )
+        return self._varlen[device]
 
 
 def _keys(tensor: Tensor, ranges: tuple[tuple[int, int], ...]) -> Tensor:
@@ -138,14 +185,65 @@ def _eager_segment(
     return torch.matmul(weights, v)
 
 
+def _flash_functions(base: str) -> tuple[Any, Any]:
+    """transformers' varlen kernel for ``base`` (flash-attn 2, 3, or a hub kernel) and its kwargs builder."""
+    from transformers.modeling_flash_attention_utils import lazy_import_flash_attention
+
+    functions, process_kwargs = lazy_import_flash_attention(base)
+    return functions[1], process_kwargs
+
+
+def _flash_target_dtype(query: Tensor, module: nn.Module) -> torch.dtype | None:
+    """The 16-bit dtype flash-attention needs for fp32 states (autocast's or the layers', as transformers picks)."""
+    try:
+        from transformers.integrations.flash_attention import get_target_dtype
+    except ImportError:  # pragma: no cover - older transformers cast in the kernel wrapper
+        return None
+    return get_target_dtype(query, module)
+
+
+def _flash_segments(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, segments: Segments, base: str,
+                    kwargs: dict) -> Tensor:  # fmt: skip
+    """All segments of the row in one varlen call: queries are the row itself, keys are gathered per segment, and
+    the kernel's causal mask is aligned to the bottom right (flash-attn >= 2.1), which is each segment's mask."""
+    index = segments.varlen(query.device)
+    varlen_fn, process_kwargs = _flash_functions(base)
+    q = query[0].transpose(0, 1)  # (L, H, D)
+    k, v = key[0], value[0]  # (H_kv, L, D)
+    if index.key_index is not None:
+        k, v = k.index_select(1, index.key_index), v.index_select(1, index.key_index)
+    k, v = k.transpose(0, 1), v.transpose(0, 1)  # (K, H_kv, D): GQA stays ungrouped, the kernel takes it
+    target = _flash_target_dtype(q, module)
+    if target is not None:
+        q, k, v = q.to(target), k.to(target), v.to(target)
+    flash_kwargs = process_kwargs(
+        query_length=index.max_seqlen_q,
+        key_length=index.max_seqlen_k,
+        is_causal=True,
+        dropout=kwargs.get("dropout", 0.0),
+        softmax_scale=kwargs.get("scaling"),
+        sliding_window=kwargs.get("sliding_window"),
+        use_top_left_mask=False,
+        softcap=kwargs.get("softcap"),
+    )
+    out = varlen_fn(
+        q, k, v, cu_seqlens_q=index.cu_seqlens_q, cu_seqlens_k=index.cu_seqlens_k,
+        max_seqlen_q=index.max_seqlen_q, max_seqlen_k=index.max_seqlen_k, **flash_kwargs,
+    )  # fmt: skip
+    return (out[0] if isinstance(out, tuple) else out)[None]
+
+
 def _route(base: str):
     def attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask, **kwargs):
         segments = kwargs.pop("simpo_segments", None)
         if segments is None:
-            return _base_attention(module, base)(module, query, key, value, attention_mask, **kwargs)
+            with _named(module.config, base):
+                return _base_attention(module, base)(module, query, key, value, attention_mask, **kwargs)
         if query.shape[0] != 1 or kwargs.get("s_aux") is not None:
             raise NotImplementedError("the block route takes one packed row and no attention sinks")
         segments.calls += 1
+        if base in FLASH_BASES:
+            return _flash_segments(module, query, key, value, segments, base, kwargs), None
         dropout, scaling = kwargs.get("dropout", 0.0), kwargs.get("scaling")
         window = kwargs.get("sliding_window")  # this layer's (None on full-attention layers)
         outputs = []
@@ -162,39 +260,62 @@ def _route(base: str):
     return attention
 
 
-def _base_attention(module: nn.Module, base: str):
-    if base == "sdpa":
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+@contextmanager
+def _named(config: Any, base: str) -> Iterator[None]:
+    """Under flash-attention, the base implementation looks its kernel up by ``config._attn_implementation``: it
+    must read the base name while it runs (generation, evaluation), then the route's again."""
+    if base not in FLASH_BASES:
+        yield
+        return
+    routed = config._attn_implementation
+    config._attn_implementation = base
+    try:
+        yield
+    finally:
+        config._attn_implementation = routed
 
-        return sdpa_attention_forward
-    return sys.modules[type(module).__module__].eager_attention_forward  # the model's own (soft-capping) eager
+
+def _base_attention(module: nn.Module, base: str):
+    if base == "eager":
+        return sys.modules[type(module).__module__].eager_attention_forward  # the model's own (soft-capping) eager
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    return ALL_ATTENTION_FUNCTIONS[base]
 
 
 def register_routes() -> None:
-    """Register ``simpo_sdpa`` / ``simpo_eager`` with transformers' attention and mask interfaces (idempotent)."""
+    """Register the routes with transformers' attention and mask interfaces (idempotent); each route's masks are
+    its base implementation's."""
     global _registered
     if _registered:
         return
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
     for base, name in ROUTES.items():
         AttentionInterface.register(name, _route(base))
-        AttentionMaskInterface.register(name, sdpa_mask if base == "sdpa" else eager_mask)
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
     _registered = True
 
 
 def install_route(model: nn.Module) -> bool:
-    """Point ``model`` (the unwrapped one) at the route of its attention implementation; False if it has none."""
+    """Point ``model`` (the unwrapped one) at the route of its attention implementation; False if it has none
+    (another implementation, or flash-attn < 2.1, whose causal mask is aligned top-left)."""
     config = model.config
     current = getattr(config, "_attn_implementation", None)
     if current in ROUTES.values():
         return True
-    if current not in ROUTES:
+    if current not in ROUTES or (current in FLASH_BASES and _flash_causal_top_left()):
         return False
     register_routes()
     config._attn_implementation = ROUTES[current]
     return True
+
+
+def _flash_causal_top_left() -> bool:
+    from transformers.modeling_flash_attention_utils import flash_attn_supports_top_left_mask
+
+    return bool(flash_attn_supports_top_left_mask())
 
 
 def placeholder_mask(device: torch.device) -> Tensor:

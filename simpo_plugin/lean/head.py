@@ -43,6 +43,8 @@ def model_inputs(layout: PairLayout, attn_implementation: str | None, dtype: tor
         inputs["attention_mask"] = mask
     if layout.position_ids is not None:
         inputs["position_ids"] = layout.position_ids
+    if layout.varlen_kwargs is not None:
+        inputs |= layout.varlen_kwargs
     return inputs
 
 

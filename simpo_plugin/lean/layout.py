@@ -43,6 +43,9 @@ class PairLayout:
     sequence_ids: Tensor  # (N,) pair i's chosen response -> i, its rejected response -> num_pairs + i
     num_pairs: int
     segments: Segments | None = None  # the block route's description of a packed row's attention
+    # flash-attention's sequence boundaries of a packed row (``cu_seq_lens_q/k``, ``max_length_q/k``): forward
+    # kwargs computed once per batch, so no layer derives them from position ids (a host sync per layer)
+    varlen_kwargs: dict[str, Tensor | int] | None = None
 
     @property
     def computed_tokens(self) -> int:
@@ -86,12 +89,14 @@ def packed_layout(
     one_row: bool = False,
     segments: bool = False,
     windows: LayerWindows | None = None,
+    varlen: bool = False,
 ) -> PairLayout:
     """Pack the batch; see the module docstring. Pairs whose two prompts differ are never shared.
 
     With ``segments`` (one row only) the attention is described by :class:`Segments` for the block route
     instead of a dense (L x L) mask. ``windows``: the model's sliding windows, applied to the dense masks on
-    position ids (the route applies them per layer itself).
+    position ids (the route applies them per layer itself). ``varlen`` (one row, unshared): no mask at all, the
+    sequence boundaries as flash-attention's ``cu_seq_lens`` kwargs instead.
     """
     num_pairs = input_ids.shape[0] // 2
     rows = [_split_row(*row) for row in zip(input_ids.tolist(), attention_mask.tolist(), labels.tolist(), strict=True)]
@@ -112,7 +117,11 @@ def packed_layout(
             pairs.append([_sequence_block(prompt_c, chosen, i), _sequence_block(prompt_r, rejected, num_pairs + i)])
 
     row_groups = [[block for blocks in pairs for block in blocks]] if one_row else pairs
-    return _assemble(row_groups, num_pairs, input_ids.device, segments=segments and one_row, windows=windows)
+    if varlen and (share_prompt or not one_row):
+        raise ValueError("varlen layouts are one row of unshared sequences")
+    return _assemble(
+        row_groups, num_pairs, input_ids.device, segments=segments and one_row, windows=windows, varlen=varlen
+    )
 
 
 def _sequence_block(prompt: list[int], response: list[int], sequence_id: int) -> tuple:
@@ -152,6 +161,7 @@ def _assemble(
     device: torch.device,
     segments: bool = False,
     windows: LayerWindows | None = None,
+    varlen: bool = False,
 ) -> PairLayout:
     """Lay blocks out in rows (right-padded to the longest row) and build the mask (or segments) and indices."""
     length = max(sum(len(block[0]) for block in group) for group in row_groups)
@@ -192,6 +202,13 @@ def _assemble(
     }
     if segments:  # one row that the blocks tile exactly: no padding, no mask
         return PairLayout(attention_mask=placeholder_mask(device), segments=Segments(row_segments), **indices)
+    if varlen:  # one row of whole blocks: each block is a sequence
+        ends = torch.tensor([len(block[0]) for block in row_groups[0]]).cumsum(0)
+        cu_seqlens = torch.cat([ends.new_zeros(1), ends]).to(device=device, dtype=torch.int32)
+        longest = max(len(block[0]) for block in row_groups[0])
+        bounds = {"cu_seq_lens_q": cu_seqlens, "cu_seq_lens_k": cu_seqlens, "max_length_q": longest,
+                  "max_length_k": longest}  # fmt: skip
+        return PairLayout(attention_mask=None, varlen_kwargs=bounds, **indices)
     q = torch.arange(length)
     causal = q[None, :] <= q[:, None]
     same_doc = (docs[:, :, None] == docs[:, None, :]) & (docs[:, :, None] >= 0)

@@ -40,6 +40,7 @@ class SequenceLogps:
         self.config = config
         self.lean = config.lean_logps
         self.route = config.attention_route
+        self.packed = True  # False once a model showed it cannot take packed rows: the host's padded rows
         self._lean_checked = False
         self._warned: set[str] = set()
 
@@ -54,39 +55,53 @@ class SequenceLogps:
         """The batch's layout for ``attn_implementation`` (the base one; ``model`` receives the route if used)."""
         ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         share, one_row = self.config.prefix_sharing, self.config.padding_free
-        if not (share or one_row or self.route):
+        if not (share or one_row or self.route) or not self.packed:
+            return padded_layout(ids, mask, labels)
+        if model is not None and has_attention_sinks(model):
+            self.packed = False
+            self._warn_once(
+                f"{type(model).__name__} has attention sinks, which the packed layouts do not model; using padded rows"
+            )
             return padded_layout(ids, mask, labels)
         if set(batch) - {"input_ids", "attention_mask", "labels"}:
             self._warn_once("prefix sharing / padding-free need text-only batches; using padded rows")
             return padded_layout(ids, mask, labels)
-        if attn_implementation in MASK_ATTENTION:
-            try:
-                windows = layer_windows(model.config) if model is not None else None
-            except UnsupportedLayerTypes as exc:
-                self._warn_once(f"prefix sharing / padding-free cannot lay out {exc}; using padded rows")
+        if attn_implementation not in MASK_ATTENTION + VARLEN_ATTENTION:
+            self._warn_once(
+                f"prefix sharing / padding-free need sdpa, eager or flash-attention, not {attn_implementation}; "
+                "using padded rows"
+            )
+            return padded_layout(ids, mask, labels)
+        try:
+            windows = layer_windows(model.config) if model is not None else None
+        except UnsupportedLayerTypes as exc:
+            self._warn_once(f"prefix sharing / padding-free cannot lay out {exc}; using padded rows")
+            return padded_layout(ids, mask, labels)
+        if self.route and model is not None and install_route(model):
+            return packed_layout(ids, mask, labels, share_prompt=share, one_row=True, segments=True)
+        if attn_implementation in VARLEN_ATTENTION:  # no 4D masks: packed through sequence boundaries only
+            if not one_row:
                 return padded_layout(ids, mask, labels)
-            if self.route and model is not None and install_route(model):
-                return packed_layout(ids, mask, labels, share_prompt=share, one_row=True, segments=True)
-            if not (share or one_row):
-                return padded_layout(ids, mask, labels)
-            return packed_layout(ids, mask, labels, share_prompt=share, one_row=one_row, windows=windows)
-        if attn_implementation in VARLEN_ATTENTION and one_row:
             if share:
-                self._warn_once(f"prefix sharing needs sdpa or eager attention, not {attn_implementation}")
-            layout = packed_layout(ids, mask, labels, share_prompt=False, one_row=True)
-            layout.attention_mask = None  # sequence boundaries come from the restarting position ids
-            return layout
-        self._warn_once(f"prefix sharing / padding-free are not supported with {attn_implementation}; padded rows")
-        return padded_layout(ids, mask, labels)
+                self._warn_once(
+                    f"prefix sharing under {attn_implementation} needs the block route (`simpo_attention_route: "
+                    "true`, flash-attn >= 2.1); packing without sharing"
+                )
+            return packed_layout(ids, mask, labels, share_prompt=False, one_row=True, varlen=True)
+        if not (share or one_row):
+            return padded_layout(ids, mask, labels)
+        return packed_layout(ids, mask, labels, share_prompt=share, one_row=one_row, windows=windows)
 
     def __call__(self, model: nn.Module, unwrapped: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         attn = base_attention(unwrapped.config)
         layout = self.layout(batch, attn, unwrapped)
         result = self._sums(model, unwrapped, batch, layout, attn)
         if layout.segments is not None and layout.segments.calls == 0:  # the forward never reached the route
-            self.route = False
+            self.route, self.packed = False, False
             self._warn_once(
-                f"the attention of {type(unwrapped).__name__} cannot be routed per segment; using dense masks"
+                f"the attention of {type(unwrapped).__name__} does not go through transformers' attention interface "
+                "(remote code, or a patched attention), so it may ignore a packed row's masks and position ids; "
+                "using padded rows"
             )
             layout = self.layout(batch, attn, unwrapped)
             result = self._sums(model, unwrapped, batch, layout, attn)
@@ -139,6 +154,20 @@ class SequenceLogps:
         else:
             self._warn_once("the lean log-probs disagree with the logits on another rank; using plain log-probs")
         return None
+
+
+def has_attention_sinks(model: nn.Module) -> bool:
+    """Whether an attention layer of ``model`` carries learned sinks (gpt-oss's ``sinks``), read once per model."""
+    if not isinstance(model, nn.Module):  # a config holder (benchmarks lay out batches without a model)
+        return False
+    cached = getattr(model, "_simpo_attention_sinks", None)
+    if cached is None:
+        cached = any(isinstance(getattr(module, "sinks", None), Tensor) for module in model.modules())
+        try:
+            model._simpo_attention_sinks = cached
+        except AttributeError:  # pragma: no cover - a model that refuses attributes is checked every time
+            pass
+    return cached
 
 
 def check_sample(layout: PairLayout) -> Tensor:

@@ -231,6 +231,28 @@ class SimPOConfig(SimPOObjective, LeanConfig):
         )
 
 
+def check_flash_attention(model_args: "ModelArguments") -> None:
+    """transformers 5.6.0's FlashAttention-2 fails on the first forward of every model without attention sinks
+    (``s_aux.to``, huggingface/transformers#45588; LLaMA-Factory#10610), in the host's stages as in ours: say so
+    before the model loads.
+
+    Raises:
+        SimPOArgumentError: ``flash_attn: fa2`` with FlashAttention-2 installed under transformers 5.6.0.
+    """
+    import transformers
+
+    if str(getattr(model_args, "flash_attn", "")) != "fa2" or transformers.__version__ != "5.6.0":
+        return
+    from transformers.utils import is_flash_attn_2_available
+
+    if is_flash_attn_2_available():
+        raise SimPOArgumentError(
+            "`flash_attn: fa2` fails under transformers 5.6.0 (its flash_attention_forward calls `s_aux.to` on "
+            "models without attention sinks: huggingface/transformers#45588). Install transformers 5.5.4 "
+            "(`pip install transformers==5.5.4`, which llamafactory 0.9.5 accepts), or use `flash_attn: sdpa`."
+        )
+
+
 def resolve_simpo_args(
     args: SimPOArguments,
     given_keys: set[str],
@@ -250,6 +272,8 @@ def resolve_simpo_args(
         )
     if getattr(finetuning_args, "use_mca", False):
         raise SimPOArgumentError("`use_mca` (Megatron core) is not supported by `stage: simpo`; remove it.")
+
+    check_flash_attention(model_args)
 
     if "pref_beta" not in given_keys:
         finetuning_args.pref_beta = DEFAULT_BETA
@@ -295,4 +319,12 @@ def resolve_simpo_args(
     stage_keys = {
         f.name: getattr(args, f"simpo_{f.name}") for f in fields(SimPOConfig) if hasattr(args, f"simpo_{f.name}")
     }
+    packing = ("attention_route", "prefix_sharing", "padding_free")
+    if getattr(model_args, "use_unsloth", False) and any(stage_keys.get(key) for key in packing):
+        _logger().warning_rank0(
+            "simpo-plugin: `use_unsloth` replaces the model's attention outside transformers' attention interface, "
+            "so packed rows and shared prompts would not be attended exactly; using the host's padded rows "
+            "(`simpo_attention_route`, `simpo_prefix_sharing` and `simpo_padding_free` off)."
+        )
+        stage_keys |= dict.fromkeys(packing, False)
     return SimPOConfig(beta=beta, gamma=gamma, sft_weight=sft_weight, **stage_keys)  # each `simpo_<x>` key -> `x`
