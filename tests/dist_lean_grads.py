@@ -25,7 +25,7 @@ def main(out_path: str) -> None:
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))  # a mismatch fails, not hangs
     rank = dist.get_rank()
     model = tiny_model("llama", seed=0)
-    ddp = DistributedDataParallel(model)
+    ddp = DistributedDataParallel(model, find_unused_parameters=True)  # HF Trainer's choice without checkpointing
     loss_of(ddp, model, collated_batch(num_pairs=2, seed=100 + rank)).backward()
     grads = torch.cat([p.grad.flatten() for p in model.parameters()])
     gathered = [torch.zeros_like(grads) for _ in range(2)]

@@ -37,15 +37,29 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, scale: float | None, causal: bool, 
     return torch.einsum("hqk,khd->qhd", weights, v)
 
 
+def _check_inputs(q: Tensor, k: Tensor, v: Tensor) -> None:
+    """What the real kernels refuse: q, k and v of different dtypes (fp32 is allowed here only so that fp32 models
+    run on CPU, as transformers itself passes them), a last dimension that is not contiguous, head counts that do
+    not divide."""
+    assert q.dtype == k.dtype == v.dtype, (q.dtype, k.dtype, v.dtype)
+    assert q.dtype in (torch.float16, torch.bfloat16, torch.float32)
+    assert q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
+    assert k.shape[-2] == v.shape[-2] and q.shape[-2] % k.shape[-2] == 0
+
+
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
                            deterministic=False, return_attn_probs=False, block_table=None):  # fmt: skip
     assert dropout_p == 0.0 and alibi_slopes is None
+    _check_inputs(q, k, v)
+    for cu in (cu_seqlens_q, cu_seqlens_k):  # what the CUDA kernel checks of its offsets
+        assert cu.dtype == torch.int32 and cu.is_contiguous() and cu.device == q.device and cu.dim() == 1
     bounds_q, bounds_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
-    assert int(max_seqlen_q) == max(b - a for a, b in zip(bounds_q, bounds_q[1:], strict=False))
-    assert int(max_seqlen_k) == max(b - a for a, b in zip(bounds_k, bounds_k[1:], strict=False))
+    assert int(max_seqlen_q) >= max(b - a for a, b in zip(bounds_q, bounds_q[1:], strict=False))
+    assert int(max_seqlen_k) >= max(b - a for a, b in zip(bounds_k, bounds_k[1:], strict=False))
+    assert bounds_q[-1] == q.shape[0] and bounds_k[-1] == k.shape[0] == v.shape[0]
     calls.append({"sequences": len(bounds_q) - 1, "gathered": bounds_q != bounds_k, "window": window_size,
-                  "host_ints": type(max_seqlen_q) is int and type(max_seqlen_k) is int})  # fmt: skip
+                  "host_ints": type(max_seqlen_q) is int and type(max_seqlen_k) is int, "dtype": q.dtype})  # fmt: skip
     pieces = [
         _attend(q[qa:qb], k[ka:kb], v[ka:kb], softmax_scale, causal, window_size, softcap)
         for qa, qb, ka, kb in zip(bounds_q, bounds_q[1:], bounds_k, bounds_k[1:], strict=False)
@@ -57,6 +71,7 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
                     alibi_slopes=None, deterministic=False, return_attn_probs=False):  # fmt: skip
     """(B, L, H, D) batches of equal-length sequences."""
     assert dropout_p == 0.0 and alibi_slopes is None
+    _check_inputs(q, k, v)
     return torch.stack([_attend(q[b], k[b], v[b], softmax_scale, causal, window_size, softcap) for b in range(len(q))])
 
 

@@ -151,7 +151,7 @@ def test_flash_attention_2_under_the_broken_transformers_is_refused_before_loadi
     monkeypatch.setattr(transformers, "__version__", version)
     monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: True)
     if refused:
-        with pytest.raises(SimPOArgumentError, match=r"`flash_attn: fa2` fails under transformers 5\.6\.0.*5\.5\.4"):
+        with pytest.raises(SimPOArgumentError, match=r"`flash_attn: fa2` \(FlashAttention-2\) fails under .*5\.5\.4"):
             parse(tmp_path, flash_attn="fa2")
     else:
         parse(tmp_path, flash_attn="fa2")
@@ -170,3 +170,23 @@ def test_unsloth_takes_the_hosts_padded_rows(tmp_path: Path, monkeypatch: pytest
     assert (config.attention_route, config.prefix_sharing, config.padding_free) == (False, False, False)
     assert config.lean_logps  # the lean head does not depend on the attention
     assert "`use_unsloth` replaces the model's attention" in caplog.text
+
+
+def test_gemma2_on_auto_attention_is_checked_once_its_type_is_known(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host turns Gemma-2's `flash_attn: auto` into FlashAttention-2 when it is installed; the workflow checks
+    again with the model's type, which is read only under the broken transformers."""
+    from types import SimpleNamespace
+
+    import transformers
+    import transformers.utils
+
+    from simpo_plugin.train.hparams import check_flash_attention
+
+    monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: True)
+    auto = SimpleNamespace(flash_attn="auto")
+    monkeypatch.setattr(transformers, "__version__", "5.5.4")
+    check_flash_attention(auto, model_type=lambda: pytest.fail("read the config under a working transformers"))
+    monkeypatch.setattr(transformers, "__version__", "5.6.0")
+    check_flash_attention(auto, model_type=lambda: "llama")
+    with pytest.raises(SimPOArgumentError, match=r"`flash_attn: auto` \(FlashAttention-2 for Gemma-2\) fails"):
+        check_flash_attention(auto, model_type=lambda: "gemma2")

@@ -95,3 +95,18 @@ def test_flash_paths_build_nothing_of_size_L_squared(config: LeanConfig, flash, 
     with MaxOutputNumel() as dense_probe:
         dense_length = dense.layout(batch, "sdpa", tiny_model("llama")).input_ids.shape[1]
     assert dense_probe.max_numel >= dense_length * dense_length
+
+
+def test_flash_route_gives_the_kernel_one_16_bit_dtype_under_autocast(flash) -> None:
+    """fp32 weights under bf16 autocast: RoPE's fp32 ``cos`` makes q and k fp32 while v is bf16; the kernel must
+    get all three in autocast's dtype (the reference kernel refuses mixed dtypes, as the real one does)."""
+    batch = collated_batch(num_pairs=3, seed=34)
+    results = {}
+    for attn, config in (("flash_attention_2", ROUTE), ("sdpa", PADDED)):  # the same weights
+        model = tiny_model("llama", attn=attn)
+        with torch.no_grad():
+            model.lm_head.weight.mul_(30)  # logits of several units, so that bf16 rounding shows
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+            results[attn] = SequenceLogps(config)(model, model, batch)[0]
+    assert flash.calls and all(call["dtype"] == torch.bfloat16 for call in flash.calls)
+    torch.testing.assert_close(results["flash_attention_2"], results["sdpa"], atol=0.3, rtol=2e-2)

@@ -143,15 +143,18 @@ def test_route_passes_no_mask_to_sdpa_and_runs_on_fast_kernels(kind: str, monkey
     with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
         routed = sums_and_grads(model, batch, config())
     assert_same(routed, expected)
-    heads = model.config.num_key_value_heads
-    assert calls and all(key_heads == heads < model.config.num_attention_heads for _, key_heads, _ in calls)
+    kv_heads, heads = model.config.num_key_value_heads, model.config.num_attention_heads
     assert any(isinstance(mask, CausalBias) for mask, _, _ in calls)
-    masked = [keys for mask, _, keys in calls if mask is not None and not isinstance(mask, CausalBias)]
+    plain = [mask is None or isinstance(mask, CausalBias) for mask, _, _ in calls]
+    masked = [(key_heads, keys) for (_, key_heads, keys), ok in zip(calls, plain, strict=True) if not ok]
+    unmasked = [(key_heads, keys) for (_, key_heads, keys), ok in zip(calls, plain, strict=True) if ok]
+    assert unmasked and all(key_heads == kv_heads < heads for key_heads, _ in unmasked)  # GQA: K/V not copied
     if kind == "llama":
         assert not masked
-    else:  # window 6: only segments with more than 6 keys need one
-        assert masked and all(keys > 6 for keys in masked)
-        assert all(keys <= 6 for mask, _, keys in calls if mask is None or isinstance(mask, CausalBias))
+    else:  # window 6: only segments with more than 6 keys need a mask, and with one, K/V per head (CUDA's
+        # memory-efficient kernel takes masks but not GQA; the flash kernel takes GQA but not masks)
+        assert masked and all(keys > 6 and key_heads == heads for key_heads, keys in masked)
+        assert all(keys <= 6 for _, keys in unmasked)
 
 
 def test_attention_that_bypasses_the_route_falls_back_to_padded_rows(caplog: pytest.LogCaptureFixture) -> None:

@@ -152,15 +152,18 @@ def _sdpa_segment(
     """One segment on SDPA without a mask: ``is_causal`` when square, else torch's lower-right ``CausalBias``
     (which CUDA's flash and memory-efficient kernels take as is). Only a window that cuts into the segment needs
     an explicit mask."""
+    groups = getattr(module, "num_key_value_groups", 1)
+    if window is not None and seg.reach >= window:  # the window cuts into this segment: an explicit mask
+        if groups > 1:  # with a mask, CUDA's only GQA kernel is math: copy K/V per head, keep memory-efficient
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        mask = seg.allowed(window, q.device)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling)
     gqa = {}
-    if getattr(module, "num_key_value_groups", 1) > 1:  # grouped-query attention without copying K/V per head
+    if groups > 1:  # grouped-query attention without copying K/V per head
         if _SDPA_GQA:
             gqa = {"enable_gqa": True}
         else:
-            k, v = (t.repeat_interleave(module.num_key_value_groups, dim=1) for t in (k, v))
-    if window is not None and seg.reach >= window:  # the window cuts into this segment
-        mask = seg.allowed(window, q.device)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling, **gqa)
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     if seg.causal_square:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, **gqa)
     mask = causal_lower_right(seg.num_queries, seg.num_keys)
@@ -193,13 +196,27 @@ def _flash_functions(base: str) -> tuple[Any, Any]:
     return functions[1], process_kwargs
 
 
-def _flash_target_dtype(query: Tensor, module: nn.Module) -> torch.dtype | None:
-    """The 16-bit dtype flash-attention needs for fp32 states (autocast's or the layers', as transformers picks)."""
-    try:
-        from transformers.integrations.flash_attention import get_target_dtype
-    except ImportError:  # pragma: no cover - older transformers cast in the kernel wrapper
+def _flash_dtype(module: nn.Module, *tensors: Tensor) -> torch.dtype | None:
+    """The one 16-bit dtype flash-attention must get q, k and v in, or None when they already share one.
+
+    fp32 states (RoPE's fp32 ``cos`` under autocast, PEFT's fp32 norms) go to autocast's dtype, else the dtype the
+    model was quantized from, else its first Linear's (transformers' ``get_target_dtype`` order); states that merely
+    differ go to the query's dtype.
+    """
+    dtypes = {t.dtype for t in tensors}
+    if len(dtypes) == 1 and tensors[0].dtype != torch.float32:
         return None
-    return get_target_dtype(query, module)
+    device = tensors[0].device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    if torch.float32 in dtypes and tensors[0].dtype == torch.float32:
+        config = getattr(module, "config", None)
+        if getattr(config, "_is_quantized", False) or hasattr(config, "_pre_quantization_dtype"):
+            return getattr(config, "_pre_quantization_dtype", None) or config.dtype
+        linear = next((layer for layer in module.modules() if isinstance(layer, nn.Linear)), None)
+        target = linear.weight.dtype if linear is not None else tensors[0].dtype
+        return None if len(dtypes) == 1 and target == torch.float32 else target
+    return tensors[0].dtype
 
 
 def _flash_segments(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, segments: Segments, base: str,
@@ -213,7 +230,7 @@ def _flash_segments(module: nn.Module, query: Tensor, key: Tensor, value: Tensor
     if index.key_index is not None:
         k, v = k.index_select(1, index.key_index), v.index_select(1, index.key_index)
     k, v = k.transpose(0, 1), v.transpose(0, 1)  # (K, H_kv, D): GQA stays ungrouped, the kernel takes it
-    target = _flash_target_dtype(q, module)
+    target = _flash_dtype(module, q, k, v)
     if target is not None:
         q, k, v = q.to(target), k.to(target), v.to(target)
     flash_kwargs = process_kwargs(

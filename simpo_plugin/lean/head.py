@@ -106,7 +106,7 @@ def lean_token_logps(
     bookkeeping to the wrapped input, and the head's own (empty) output never sees a backward.
 
     ``check`` (K,) indexes response tokens to verify in the same forward: the head is handed their K hidden states
-    (detached) instead of an empty slice, so the model's own logits for them come back through everything its
+    instead of an empty slice, so the model's own logits for them come back through everything its
     forward does after the head (a logit scale, soft-capping), computed from the very states the lean values used:
     dropout and NEFTune noise are the same on both sides. The second value is their (K,) fp32 log-probs, or None
     when the forward reshaped the head's output.
@@ -123,7 +123,8 @@ def lean_token_logps(
         states = hidden.reshape(-1, hidden.shape[-1])[layout.predictors]
         computed.append(_kernel_logps(module, states, layout.targets, softcap, chunk_size) if in_forward else states)
         if check is not None:
-            return (args[0].reshape(-1, args[0].shape[-1])[layout.predictors[check]].detach()[None], *args[1:])
+            # not detached: DDP's find_unused_parameters traces used parameters back from the outputs
+            return (args[0].reshape(-1, args[0].shape[-1])[layout.predictors[check]][None], *args[1:])
         return (args[0][..., :0, :], *args[1:])
 
     handles = [head.register_forward_pre_hook(receive, prepend=True), head.register_forward_pre_hook(compute)]

@@ -78,7 +78,10 @@ class SequenceLogps:
             self._warn_once(f"prefix sharing / padding-free cannot lay out {exc}; using padded rows")
             return padded_layout(ids, mask, labels)
         if self.route and model is not None and install_route(model):
-            return packed_layout(ids, mask, labels, share_prompt=share, one_row=True, segments=True)
+            layout = packed_layout(ids, mask, labels, share_prompt=share, one_row=True, segments=True)
+            if attn_implementation in VARLEN_ATTENTION:  # copied now, not in the first layer's attention
+                layout.segments.varlen(ids.device)
+            return layout
         if attn_implementation in VARLEN_ATTENTION:  # no 4D masks: packed through sequence boundaries only
             if not one_row:
                 return padded_layout(ids, mask, labels)

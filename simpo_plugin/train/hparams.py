@@ -6,6 +6,7 @@ has two conventions: ``simpo_gamma`` is the absolute margin gamma (LLaMA-Factory
 ``simpo_gamma_beta_ratio`` is gamma/beta (the official SimPO configs' ``gamma_beta_ratio``).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Literal
 
@@ -231,25 +232,31 @@ class SimPOConfig(SimPOObjective, LeanConfig):
         )
 
 
-def check_flash_attention(model_args: "ModelArguments") -> None:
+def check_flash_attention(model_args: "ModelArguments", model_type: Callable[[], str | None] | None = None) -> None:
     """transformers 5.6.0's FlashAttention-2 fails on the first forward of every model without attention sinks
     (``s_aux.to``, huggingface/transformers#45588; LLaMA-Factory#10610), in the host's stages as in ours: say so
-    before the model loads.
+    before the model loads. ``model_type``: reads the model's type from its config, called only when it matters
+    (transformers 5.6.0 and ``flash_attn: auto``, which the host turns into FlashAttention-2 for Gemma-2).
 
     Raises:
-        SimPOArgumentError: ``flash_attn: fa2`` with FlashAttention-2 installed under transformers 5.6.0.
+        SimPOArgumentError: FlashAttention-2 requested and installed under transformers 5.6.0.
     """
     import transformers
 
-    if str(getattr(model_args, "flash_attn", "")) != "fa2" or transformers.__version__ != "5.6.0":
+    if transformers.__version__ != "5.6.0":
+        return
+    requested = str(getattr(model_args, "flash_attn", ""))
+    gemma2_auto = requested == "auto" and model_type is not None and model_type() == "gemma2"
+    if requested != "fa2" and not gemma2_auto:
         return
     from transformers.utils import is_flash_attn_2_available
 
     if is_flash_attn_2_available():
         raise SimPOArgumentError(
-            "`flash_attn: fa2` fails under transformers 5.6.0 (its flash_attention_forward calls `s_aux.to` on "
-            "models without attention sinks: huggingface/transformers#45588). Install transformers 5.5.4 "
-            "(`pip install transformers==5.5.4`, which llamafactory 0.9.5 accepts), or use `flash_attn: sdpa`."
+            f"`flash_attn: {requested}` (FlashAttention-2{' for Gemma-2' if requested == 'auto' else ''}) fails "
+            "under transformers 5.6.0 (its flash_attention_forward calls `s_aux.to` on models without attention "
+            "sinks: huggingface/transformers#45588). Install transformers 5.5.4 (`pip install "
+            "transformers==5.5.4`, which llamafactory 0.9.5 accepts), or use `flash_attn: sdpa`."
         )
 
 

@@ -12,7 +12,7 @@ from llamafactory.extras import logging
 from llamafactory.extras.constants import IGNORE_INDEX
 from llamafactory.extras.misc import calculate_tps
 from llamafactory.extras.ploting import plot_loss
-from llamafactory.model import load_model, load_tokenizer
+from llamafactory.model import load_config, load_model, load_tokenizer
 from llamafactory.train.trainer_utils import create_modelcard_and_push
 
 from ..data import converter_warnings
@@ -26,7 +26,7 @@ from .data_checks import (
     has_rows,
     without_blank_responses,
 )
-from .hparams import SimPOCollapseStop
+from .hparams import SimPOCollapseStop, check_flash_attention
 from .optional import optional
 from .plots import plot_simpo_curves
 from .preemption import SimPOPreempted
@@ -108,6 +108,7 @@ def _train_and_evaluate(
             f"No training pairs left in {data_args.dataset} after preprocessing; check that the dataset is not empty "
             f"and that `cutoff_len` ({data_args.cutoff_len}) leaves room for the responses."
         )
+    check_flash_attention(model_args, model_type=lambda: getattr(load_config(model_args), "model_type", None))
     model = load_model(tokenizer, model_args, finetuning_args, training_args.do_train)
 
     data_collator = PairwiseDataCollatorWithPadding(
