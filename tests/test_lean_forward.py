@@ -157,9 +157,13 @@ def test_route_passes_no_mask_to_sdpa_and_runs_on_fast_kernels(kind: str, monkey
         assert all(keys <= 6 for _, keys in unmasked)
 
 
-def test_attention_that_bypasses_the_route_falls_back_to_padded_rows(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("bypassing", ["every_layer", "one_layer"])
+def test_attention_that_bypasses_the_route_falls_back_to_padded_rows(
+    bypassing: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """Attention outside transformers' interface (remote code, a patched attention) may ignore 4D masks and
-    position ids too: the host's padded rows are the only layout it is sure to attend exactly."""
+    position ids too: the host's padded rows are the only layout it is sure to attend exactly. One such layer
+    among routed ones is enough to be wrong."""
     import copy
 
     model = tiny_model("llama")
@@ -167,7 +171,8 @@ def test_attention_that_bypasses_the_route_falls_back_to_padded_rows(caplog: pyt
     expected = sums_and_grads(model, batch, REFERENCE)
     computer = SequenceLogps(config())
     computer.layout(batch, "sdpa", model)  # installs the route on the model's config ...
-    for layer in model.model.layers:  # ... which these attention modules no longer read
+    layers = model.model.layers if bypassing == "every_layer" else model.model.layers[1:]
+    for layer in layers:  # ... which these attention modules no longer read
         layer.self_attn.config = copy.copy(model.config)
         layer.self_attn.config._attn_implementation = "sdpa"
     with caplog.at_level(logging.WARNING, logger="llamafactory.simpo"):

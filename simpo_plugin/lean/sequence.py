@@ -99,7 +99,8 @@ class SequenceLogps:
         attn = base_attention(unwrapped.config)
         layout = self.layout(batch, attn, unwrapped)
         result = self._sums(model, unwrapped, batch, layout, attn)
-        if layout.segments is not None and layout.segments.calls == 0:  # the forward never reached the route
+        layers = getattr(unwrapped.config, "num_hidden_layers", None) or 1
+        if layout.segments is not None and layout.segments.calls < layers:  # a layer's attention bypassed the route
             self.route, self.packed = False, False
             self._warn_once(
                 f"the attention of {type(unwrapped).__name__} does not go through transformers' attention interface "
