@@ -42,10 +42,12 @@ def test_startup_is_cheap_and_imports_nothing_heavy() -> None:
         "import sys; print(sorted(m for m in ('torch', 'wrapt', 'llamafactory', 'transformers') if m in sys.modules))"
     )
     assert probe.stdout.strip() == "[]"
-    timed = subprocess.run([sys.executable, "-X", "importtime", "-c", "pass"], capture_output=True, text=True)
-    cost = plugin_import_us(timed.stderr)
-    assert "simpo_plugin._startup" in timed.stderr, "the .pth line did not run"
-    assert cost < STARTUP_BUDGET_US, f"startup hook costs {cost} us"
+    costs = []
+    for _ in range(5):  # wall time: another process on the cores only adds, so the least of a few is the cost
+        timed = subprocess.run([sys.executable, "-X", "importtime", "-c", "pass"], capture_output=True, text=True)
+        assert "simpo_plugin._startup" in timed.stderr, "the .pth line did not run"
+        costs.append(plugin_import_us(timed.stderr))
+    assert min(costs) < STARTUP_BUDGET_US, f"startup hook costs {min(costs)} us (runs: {costs})"
 
 
 def test_host_import_installs_hooks() -> None:
