@@ -117,7 +117,7 @@ class Segments:
     """The segments of one packed row, in row order (they tile the row)."""
 
     items: list[Segment]
-    calls: int = 0  # how many attention layers computed them: 0 after a forward means the route was bypassed
+    calls: int = 0  # attention layers that computed them: fewer than the model's layers means a layer bypassed it
     _varlen: dict[torch.device, VarlenIndex] = field(default_factory=dict, init=False, repr=False)
 
     def varlen(self, device: torch.device) -> VarlenIndex:
@@ -254,6 +254,8 @@ def _route(base: str):
     def attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask, **kwargs):
         segments = kwargs.pop("simpo_segments", None)
         if segments is None:
+            if base not in FLASH_BASES:
+                return _base_attention(module, base)(module, query, key, value, attention_mask, **kwargs)
             with _named(module.config, base):
                 return _base_attention(module, base)(module, query, key, value, attention_mask, **kwargs)
         if query.shape[0] != 1 or kwargs.get("s_aux") is not None:
@@ -281,9 +283,6 @@ def _route(base: str):
 def _named(config: Any, base: str) -> Iterator[None]:
     """Under flash-attention, the base implementation looks its kernel up by ``config._attn_implementation``: it
     must read the base name while it runs (generation, evaluation), then the route's again."""
-    if base not in FLASH_BASES:
-        yield
-        return
     routed = config._attn_implementation
     config._attn_implementation = base
     try:

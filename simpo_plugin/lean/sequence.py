@@ -41,6 +41,7 @@ class SequenceLogps:
         self.lean = config.lean_logps
         self.route = config.attention_route
         self.packed = True  # False once a model showed it cannot take packed rows: the host's padded rows
+        self._sinks_checked = False
         self._lean_checked = False
         self._warned: set[str] = set()
 
@@ -57,12 +58,15 @@ class SequenceLogps:
         share, one_row = self.config.prefix_sharing, self.config.padding_free
         if not (share or one_row or self.route) or not self.packed:
             return padded_layout(ids, mask, labels)
-        if model is not None and has_attention_sinks(model):
-            self.packed = False
-            self._warn_once(
-                f"{type(model).__name__} has attention sinks, which the packed layouts do not model; using padded rows"
-            )
-            return padded_layout(ids, mask, labels)
+        if model is not None and not self._sinks_checked:  # once: the model's modules do not change
+            self._sinks_checked = True
+            if has_attention_sinks(model):
+                self.packed = False
+                self._warn_once(
+                    f"{type(model).__name__} has attention sinks, which the packed layouts do not model; using "
+                    "padded rows"
+                )
+                return padded_layout(ids, mask, labels)
         if set(batch) - {"input_ids", "attention_mask", "labels"}:
             self._warn_once("prefix sharing / padding-free need text-only batches; using padded rows")
             return padded_layout(ids, mask, labels)
@@ -161,17 +165,10 @@ class SequenceLogps:
 
 
 def has_attention_sinks(model: nn.Module) -> bool:
-    """Whether an attention layer of ``model`` carries learned sinks (gpt-oss's ``sinks``), read once per model."""
+    """Whether an attention layer of ``model`` carries learned sinks (gpt-oss's ``sinks``)."""
     if not isinstance(model, nn.Module):  # a config holder (benchmarks lay out batches without a model)
         return False
-    cached = getattr(model, "_simpo_attention_sinks", None)
-    if cached is None:
-        cached = any(isinstance(getattr(module, "sinks", None), Tensor) for module in model.modules())
-        try:
-            model._simpo_attention_sinks = cached
-        except AttributeError:  # pragma: no cover - a model that refuses attributes is checked every time
-            pass
-    return cached
+    return any(isinstance(getattr(module, "sinks", None), Tensor) for module in model.modules())
 
 
 def check_sample(layout: PairLayout) -> Tensor:
