@@ -38,10 +38,12 @@ def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 LONGEST_FIRST = (
     "test_server_vllm.py",
     "test_pairs_real_model.py",
-    "test_matrix.py",
     "test_reliability.py",
+    "test_matrix.py",
     "test_workflow.py",
-    "test_deepspeed.py",
+    "test_server_backend.py",
+    "test_startup.py",
+    "test_pairs.py",
 )
 MATRIX_TYPES = ("full", "lora", "freeze")
 
@@ -240,11 +242,16 @@ def run_cli(config: dict[str, Any], workdir: Path, *extra_args: str, env: dict[s
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
     argv = [str(BIN_DIR / "llamafactory-cli"), "train", str(config_path), *extra_args]
-    env = env or cli_env()
+    return run_command(argv, workdir, env or cli_env())
+
+
+def run_command(argv: list[str], cwd: Path, env: dict[str, str], timeout: float = CLI_TIMEOUT):
+    """Run a console script of this venv (`llamafactory-cli ...`, `simpo-plugin ...`) with its output captured:
+    forked from the fork server when `env` allows it (see forkserver.py), else a fresh interpreter."""
     server = fork_server()
     if server is not None and server.takes(env):
-        return server.run(argv, workdir, env, CLI_TIMEOUT)
-    return subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT)
+        return server.run(argv, cwd, env, timeout)
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def read_metrics(output_dir: Path, name: str) -> dict[str, float]:

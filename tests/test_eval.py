@@ -3,12 +3,11 @@
 import json
 import math
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import base_config, cli_env, run_cli
+from conftest import base_config, cli_env, run_cli, run_command
 from pairs_cases import REWARDS, pairs_config, write_prompt_datasets
 
 from simpo_plugin.generation import evaluate_models
@@ -28,8 +27,7 @@ def evaluated(tiny_assets, tmp_path_factory) -> dict:
     config["models"] = f"{tiny_assets['model']},{root / 'lora'}"
     (root / "eval.yaml").write_text(json.dumps(config))
     script = Path(sys.executable).with_name("simpo-plugin")
-    result = subprocess.run([str(script), "eval", str(root / "eval.yaml")], env=cli_env(), capture_output=True,
-                            text=True, timeout=600)  # fmt: skip
+    result = run_command([str(script), "eval", str(root / "eval.yaml")], root, cli_env())
     assert result.returncode == 0, result.stderr[-3000:]
     return {"root": root, "models": config["models"].split(","), "out": root / "report"}
 

@@ -108,16 +108,14 @@ def test_dpo_keeps_host_defaults(tmp_path: Path) -> None:
 @pytest.mark.parametrize("flag", ["--help", "-h"])
 def test_help_lists_simpo_keys_after_the_hosts(flag: str) -> None:
     """`llamafactory-cli train --stage simpo --help`: the host's help, then every SimPO key with its help text."""
-    import subprocess
     import textwrap
     from dataclasses import fields
 
-    from conftest import BIN_DIR, cli_env
+    from conftest import BIN_DIR, cli_env, run_command
 
     from simpo_plugin.train.hparams import SimPOArguments
 
-    result = subprocess.run([str(BIN_DIR / "llamafactory-cli"), "train", "--stage", "simpo", flag], env=cli_env(),
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = run_command([str(BIN_DIR / "llamafactory-cli"), "train", "--stage", "simpo", flag], Path.cwd(), cli_env())
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     section = out.index("Keys that `stage: simpo` adds")
@@ -133,8 +131,7 @@ def test_help_lists_simpo_keys_after_the_hosts(flag: str) -> None:
     assert "(2 x 0.5 by default) (`stage: simpo`) (default: 1.0)" in host_part  # gamma as the stage resolves it
     assert "--pref_loss" not in out[:section] and "--ld_alpha" not in out[:section]  # refused keys: not offered
     assert "Host keys that `stage: simpo` refuses" in ours and "--pref_loss: SimPO has its own loss switch" in ours
-    host = subprocess.run([str(BIN_DIR / "llamafactory-cli"), "train", "--stage", "dpo", flag], env=cli_env(),
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    host = run_command([str(BIN_DIR / "llamafactory-cli"), "train", "--stage", "dpo", flag], Path.cwd(), cli_env())
     assert host.returncode == 0 and "simpo_gamma_beta_ratio" not in host.stdout  # other stages: the host's help only
     assert "--pref_loss" in host.stdout and "(default: 0.1)" in " ".join(host.stdout.split())  # left as they were
 

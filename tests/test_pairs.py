@@ -3,13 +3,12 @@
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import cli_env, log_history, run_cli
+from conftest import cli_env, log_history, run_cli, run_command
 from pairs_cases import REWARDS, pairs_config, training_examples, write_prompt_datasets
 
 from simpo_plugin.generation import build_pairs
@@ -113,13 +112,12 @@ def test_killed_runs_resume_to_the_same_outputs(reference, tiny_assets, prompt_d
     config_path.write_text(yaml.safe_dump(config_for(tiny_assets, prompt_dir, tmp_path / "out")))
     script = Path(__file__).with_name("run_pairs_and_kill.py")
     for kind, n, mode in (("samples", 3, "partial"), ("scores", 2, "whole")):
-        killed = subprocess.run([sys.executable, str(script), str(config_path), kind, str(n), mode], env=cli_env(),
-                                capture_output=True, text=True, timeout=600)  # fmt: skip
+        killed = run_command([str(script), str(config_path), kind, str(n), mode], tmp_path, cli_env())
         assert killed.returncode == -9, killed.stderr[-3000:]
     part = (tmp_path / "out/parts/samples.all.jsonl").read_bytes()
     assert part.endswith(b"\n")  # the second run cut the half line before appending
-    resumed = subprocess.run([str(Path(sys.executable).with_name("simpo-plugin")), "pairs", str(config_path)],
-                             env=cli_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
+    resumed = run_command([str(Path(sys.executable).with_name("simpo-plugin")), "pairs", str(config_path)], tmp_path,
+                          cli_env())  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Sampling" not in resumed.stderr  # everything was sampled before the second kill
     for name in ("pairs.json", "candidates.jsonl", "dataset_info.json"):
@@ -172,18 +170,16 @@ def test_the_pairs_train_with_simpo(reference, tiny_assets, tmp_path) -> None:
 @pytest.mark.host
 def test_console_script_reports_bad_input_in_one_line(tmp_path) -> None:
     script = str(Path(sys.executable).with_name("simpo-plugin"))
-    result = subprocess.run([script, "pairs", "output_dir=o", "num_sampels=3"], env=cli_env(), cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = run_command([script, "pairs", "output_dir=o", "num_sampels=3"], tmp_path, cli_env())
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == (
         "simpo-plugin pairs: error: Unknown key `num_sampels` for `simpo-plugin pairs`. Did you mean `num_samples`? "
         "Run `simpo-plugin pairs --help` for the keys."
     )
     (tmp_path / "pairs.yaml").write_text("output_dir: o\nnum_sampels: 3\n")
-    from_file = subprocess.run([script, "pairs", "pairs.yaml"], env=cli_env(), cwd=tmp_path, capture_output=True,
-                               text=True, timeout=300)  # fmt: skip
+    from_file = run_command([script, "pairs", "pairs.yaml"], tmp_path, cli_env())
     assert from_file.returncode == 2 and "Did you mean `num_samples`?" in from_file.stderr
     assert from_file.stderr.strip().endswith(f"(config: {tmp_path / 'pairs.yaml'})")
-    helped = subprocess.run([script, "pairs", "--help"], env=cli_env(), capture_output=True, text=True, timeout=300)
+    helped = run_command([script, "pairs", "--help"], tmp_path, cli_env())
     assert helped.returncode == 0 and "min_score_gap" in helped.stdout and "model_name_or_path" in helped.stdout
     assert os.path.basename(script) == "simpo-plugin"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import base_config, cli_env, log_history, run_cli
+from conftest import base_config, cli_env, log_history, run_cli, run_command
 from safetensors.torch import load_file
 
 
@@ -30,8 +30,7 @@ def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tiny_asse
                          do_eval=False, eval_dataset=None, logging_steps=1)  # fmt: skip
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     script = Path(__file__).with_name("run_with_nan.py")
-    result = subprocess.run([sys.executable, str(script), str(tmp_path / "config.yaml"), "3"], env=cli_env(),
-                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    result = run_command([str(script), str(tmp_path / "config.yaml"), "3"], tmp_path, cli_env())
     assert result.returncode != 0
     assert "non-finite gradient at step 3" in result.stderr
     assert sorted(p.name for p in output_dir.glob("checkpoint-*")) == ["checkpoint-2"]

@@ -37,13 +37,16 @@ pytestmark = pytest.mark.real_model
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "onpolicy"
 VLLM_PYTHON = Path(os.environ.get("SIMPO_VLLM_PYTHON") or REPO / ".venv-vllm" / "bin" / "python")
-# One OpenMP thread each: two servers share the 2 cores. --enforce-eager: ready in about 30 s instead of 90 (no graph
-# compile), for about 7% less throughput. --max-num-seqs 1 --no-enable-prefix-caching: batch-invariant (see the
-# module docstring).
+# One OpenMP thread each: two servers share the 2 cores. VLLM_ENABLE_V1_MULTIPROCESSING=0: the model runs in the
+# engine's process (vLLM's uni executor, which its CPU platform keeps only without multiprocessing), not in a worker
+# process that the engine polls busily: one busy process per generating server instead of two, for the same
+# throughput (800 tokens in 33.6 s against 32.0 s), so the other xdist worker keeps its core. --enforce-eager: ready
+# in about 30 s instead of 90 (no graph compile), for about 7% less throughput. --max-num-seqs 1
+# --no-enable-prefix-caching: batch-invariant (see the module docstring).
 SERVE = (
-    "VLLM_CPU_KVCACHE_SPACE=1 OMP_NUM_THREADS=1 {python} -m vllm.entrypoints.openai.api_server --model {{model}} "
-    "--host 127.0.0.1 --port {{port}} --dtype bfloat16 --max-model-len 1024 --max-num-seqs 1 --enforce-eager "
-    "--no-enable-prefix-caching"
+    "VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=1 OMP_NUM_THREADS=1 {python} -m "
+    "vllm.entrypoints.openai.api_server --model {{model}} --host 127.0.0.1 --port {{port}} --dtype bfloat16 "
+    "--max-model-len 1024 --max-num-seqs 1 --enforce-eager --no-enable-prefix-caching"
 )
 START_TIMEOUT = 900
 

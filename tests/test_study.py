@@ -7,10 +7,10 @@ import random
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import pytest
-from conftest import cli_env
+from conftest import cli_env, run_command
 
 
 STUDY = Path(__file__).resolve().parents[1] / "benchmarks" / "study_length.py"
@@ -50,16 +50,19 @@ def test_conditions_tie_length_to_the_label_and_the_judge_agrees_with_the_labels
 
 
 @pytest.mark.slow
-def test_quick_study_end_to_end(tmp_path) -> None:
-    """`--quick` trains SFT, SimPO and SimPO w/o LN with the real CLI and writes a finite table, JSON and plot."""
-    result = subprocess.run(
-        [sys.executable, str(STUDY), "--quick", "--out", str(tmp_path)],
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+def test_quick_study_end_to_end(study, tmp_path, capsys) -> None:
+    """`--quick` trains SFT, SimPO and SimPO w/o LN with the real CLI and writes a finite table, JSON and plot.
+
+    The script's `main` runs here; its `llamafactory-cli train` runs are real processes, forked from the tests'
+    fork server (conftest.run_command) instead of paying the imports three times."""
+
+    def forked(argv: list[str], cwd: Path, **_: object) -> subprocess.CompletedProcess:
+        return run_command(argv, Path(cwd), cli_env())
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(study, "subprocess", SimpleNamespace(run=forked))
+        assert study.main(["--quick", "--out", str(tmp_path)]) == 0
+    assert f"results.json, table.md and study_length.png in {tmp_path}" in capsys.readouterr().out
 
     results = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
     rows = {row["method"]: row for row in results["rows"]}
