@@ -53,7 +53,10 @@ def run_cell(tiny_assets, output_dir: Path, ranks: int = 1, deepspeed: str | Non
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     lines = [line for line in (result.stdout + result.stderr).splitlines() if "simpo-plugin:" in line]
     history = log_history(output_dir)
+    generations = output_dir / "generations.jsonl"
+    records = [json.loads(line) for line in generations.read_text().splitlines()] if generations.exists() else []
     return {
+        "answers": [(r["index"], r["response"]) for r in sorted(records, key=lambda r: r["index"]) if r["step"] == 0],
         "lines": [line for line in lines if not any(expected in line for expected in EXPECTED_LINES)],
         "losses": [entry["loss"] for entry in history if "loss" in entry],
         "probes": [entry["step"] for entry in history if "probe/length" in entry],
@@ -104,6 +107,8 @@ def test_the_fast_path_trains_like_the_plain_path(cells, finetuning: str, launch
     for cell in (fast, plain):
         assert cell["lines"] == [], cell["lines"]  # no fallback, no feature turned off, no warning
         assert cell["probes"] == [0, 1, 2]
+        # Greedy answers of the initial weights: the same whoever holds them (under ZeRO-3, gathered once per probe)
+        assert cell["answers"] == reference["answers"] and len(cell["answers"]) == 3
         assert len(cell["losses"]) == 2
         assert cell["losses"] == pytest.approx(reference["losses"], **TOLERANCE)
         for key in EVAL_KEYS:  # eval batch 3 vs 5 (2 ranks: uneven last batches), fast vs plain, 2 ranks vs 1

@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import base_config, cli_env, log_history, run_cli
@@ -160,3 +161,25 @@ def test_two_ranks_log_the_probes_of_one_process(tiny_assets, tmp_path) -> None:
         assert {k: a[k] for k in keys} == pytest.approx({k: b[k] for k in keys}, rel=1e-6)
     generations = read_jsonl(tmp_path / "two" / "generations.jsonl")
     assert sorted(g["index"] for g in generations if g["step"] == 4) == list(range(7))  # 4 + 3 (+1 padding) rows
+
+
+def test_a_partitioned_policy_that_cannot_be_gathered_says_why(monkeypatch) -> None:
+    """The probe generates on ZeRO-3's partitions, with the reason, when the hooks are not where they are looked for
+    or the whole model would take more than half the free memory; an unpartitioned model is used as it is."""
+    import torch
+    from torch import nn
+
+    from simpo_plugin.generation import gathering
+
+    model, cpu = nn.Linear(1024, 1024), torch.device("cpu")
+    with gathering.whole_for_generation(model, object(), cpu) as reason:
+        assert reason is None  # nothing partitioned: nothing to gather
+    for param in model.parameters():
+        param.ds_id, param.ds_numel = 0, param.numel()
+    with gathering.whole_for_generation(model, object(), cpu) as reason:
+        assert "module hooks" in reason
+    hooks = SimpleNamespace(forward_hooks=[], backward_hooks=[], _register_deepspeed_module=None, module=model)
+    engine = SimpleNamespace(optimizer=SimpleNamespace(parameter_offload=hooks))
+    monkeypatch.setattr(gathering, "free_bytes", lambda device: 2 * 4 * (1024 * 1024 + 1024) - 1)
+    with gathering.whole_for_generation(model, engine, cpu) as reason:
+        assert reason == "the whole model (4 MiB) does not fit in half of the free memory"

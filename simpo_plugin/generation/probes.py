@@ -22,11 +22,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+from llamafactory.extras import logging
 from transformers import TrainerCallback
 
 from ..errors import FeatureUnavailable, describe
 from ..ranks import agreed
 from .checks import dropped, passes
+from .gathering import whole_for_generation
 from .metrics import Generated, repeat_rate, summarize, text_units
 from .sampling import HFSampler
 
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from .prompts import Prompt
 
 
+logger = logging.get_logger("llamafactory.simpo")
 GENERATIONS_FILE = "generations.jsonl"
 PREFIX = "probe/"
 
@@ -75,6 +78,7 @@ class GenerationProbe(TrainerCallback):
         self.scorer = None
         self.judge: Any = None
         self.last_step: int | None = None
+        self.said_partitioned = False
         self.path = Path(trainer.args.output_dir) / GENERATIONS_FILE
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -197,9 +201,13 @@ class GenerationProbe(TrainerCallback):
         was_training = model.training
         model.eval()
         try:
-            samples = HFSampler(model, self.tokenizer, self.stop_ids, decoding).sample(
-                [self.prompts[i] for i in indices]
-            )
+            with whole_for_generation(model, self.trainer.model_wrapped, self.trainer.args.device) as partitioned:
+                if partitioned is not None and not self.said_partitioned:
+                    logger.warning_rank0(f"simpo-plugin: generation probes run on ZeRO-3's partitions: {partitioned}")
+                    self.said_partitioned = True
+                samples = HFSampler(model, self.tokenizer, self.stop_ids, decoding).sample(
+                    [self.prompts[i] for i in indices]
+                )
         finally:
             model.train(was_training)
         texts = [row[0].text for row in samples]
