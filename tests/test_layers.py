@@ -42,12 +42,28 @@ def module_name(path: Path, root: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def parse(path: Path) -> ast.Module:
+    """``ast.parse`` of a file, tried again past CPython 3.11.7's AST race.
+
+    Before 3.11.8 the AST constructor's recursion counter is global: when another thread of the test process
+    parses at the same time (pytest's assertion rewriting of a module imported in a thread, gradio's component
+    classes), the parse fails with "AST constructor recursion depth mismatch" (CPython gh-106905).
+    """
+    for attempt in range(5):
+        try:
+            return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        except SystemError as error:
+            if "recursion depth mismatch" not in str(error) or attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
 def import_statements(path: Path, root: Path) -> list[tuple[str, list[str]]]:
     """(module, names) of every import in ``path``, relative imports resolved (``import X`` gives (X, []))."""
     name = module_name(path, root)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     statements = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(parse(path)):
         if isinstance(node, ast.Import):
             statements += [(alias.name, []) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -93,7 +109,7 @@ def violations(root: Path = PACKAGE) -> list[str]:
 
 
 def exported(layer: str) -> set[str]:
-    tree = ast.parse((PACKAGE / layer / "__init__.py").read_text(encoding="utf-8"))
+    tree = parse(PACKAGE / layer / "__init__.py")
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
             names = {elt.value for elt in node.value.elts if isinstance(elt, ast.Constant)}
@@ -120,7 +136,7 @@ def test_other_layers_use_only_what_a_package_exports() -> None:
 
 def test_every_layer_has_a_package_that_draws_its_path() -> None:
     for layer in LAYERS:
-        doc = ast.get_docstring(ast.parse((PACKAGE / layer / "__init__.py").read_text(encoding="utf-8"))) or ""
+        doc = ast.get_docstring(parse(PACKAGE / layer / "__init__.py")) or ""
         assert len(doc.splitlines()) >= 5 and exported(layer), layer
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..lean import partitioned
 from ..ranks import agreed
 
 
@@ -53,11 +54,11 @@ def whole_for_generation(model: nn.Module, engine: Any, device: torch.device) ->
         partitioned. Every rank must enter together: the gather is a collective, and every rank decides the same
         way only if their free memory agrees on the fit, so the decision is agreed over ranks first.
     """
-    params = [param for param in model.parameters() if hasattr(param, "ds_id")]
-    offload = _offload(engine)
+    params = partitioned(model)
     if not params:
         yield None
         return
+    offload = _offload(engine)
     whole = sum(param.ds_numel * param.element_size() for param in params)
     reason = None
     if offload is None:

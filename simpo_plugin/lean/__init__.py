@@ -1,7 +1,8 @@
 """The lean SimPO step, pure torch: everything between a collated batch and the loss.
 
 The trainer calls :class:`SequenceLogps` and :class:`SimPOLoss`; the stage builds :class:`LeanConfig` and
-:class:`SimPOObjective` from its arguments. Mental model of one step::
+:class:`SimPOObjective` from its arguments; the probes ask :func:`partitioned` which parameters ZeRO-3 split.
+Mental model of one step::
 
     SequenceLogps(model, unwrapped, batch)                               sequence.py: picks layout, route, head
       layout:   collated 2B padded rows -> one packed row                layout.py
@@ -31,8 +32,17 @@ _LAZY = {
     "SimPOLoss": ".loss",
     "SimPOLossOutput": ".loss",
     "simpo_loss": ".loss",
+    "partitioned": ".holding",
 }
-__all__ = ["LeanConfig", "SequenceLogps", "SimPOLoss", "SimPOLossOutput", "SimPOObjective", "simpo_loss"]
+__all__ = [
+    "LeanConfig",
+    "SequenceLogps",
+    "SimPOLoss",
+    "SimPOLossOutput",
+    "SimPOObjective",
+    "partitioned",
+    "simpo_loss",
+]
 
 
 def __getattr__(name: str) -> Any:
