@@ -32,6 +32,37 @@ def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return build_demo_assets(tmp_path_factory.mktemp("assets"))
 
 
+@pytest.fixture(scope="session")
+def tiny_reward_model(tiny_assets, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1-layer classifier reward model on the tiny model's tokenizer (``testing.build_tiny_reward_model``)."""
+    from transformers import AutoTokenizer
+
+    from simpo_plugin.testing import build_tiny_reward_model
+
+    path = tmp_path_factory.mktemp("reward_model")
+    build_tiny_reward_model(path, AutoTokenizer.from_pretrained(tiny_assets["model"]), seed=3)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_value_head_model(tiny_assets, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with a random value head beside it: a reward model as the host's `stage: rm` saves one."""
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoConfig
+
+    path = tmp_path_factory.mktemp("value_head_model") / "rm"
+    shutil.copytree(tiny_assets["model"], path)
+    hidden = AutoConfig.from_pretrained(path).hidden_size
+    generator = torch.Generator().manual_seed(5)
+    weight = torch.randn(1, hidden, generator=generator)
+    head = {"v_head.summary.weight": weight, "v_head.summary.bias": torch.zeros(1)}
+    save_file(head, str(path / "value_head.safetensors"))
+    return path
+
+
 # The files whose tests take longest, first: xdist hands each worker the next work unit in collection order
 # (`--no-loadscope-reorder`), so the long ones start at once and the short ones fill the gaps. Measured with
 # benchmarks/suite_time.py; a file not named here runs after these, in collection order.

@@ -8,11 +8,13 @@ with `eval_on_each_dataset`, prompts longer than `cutoff_len`, and ZeRO-3 with a
 Every cell must train, the fast path must give the plain path's losses and eval metrics, and the eval metrics must
 not depend on the eval batch size (the two paths evaluate with different batch sizes, over 2 ranks with uneven last
 batches). All cells of a finetuning type see the same 4 pairs per step (1 x 4 or 2 x 2), so each also matches the
-single-process plain run.
+single-process plain run. The ZeRO-3 cells also score their probes with a classifier reward model and judge them with
+an LLM judge: both are loaded during the run, and must be whole models on each rank, not ZeRO-3 partitions.
 """
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import transformers
@@ -60,13 +62,21 @@ def run_cell(tiny_assets, output_dir: Path, ranks: int = 1, deepspeed: str | Non
         "lines": [line for line in lines if not any(expected in line for expected in EXPECTED_LINES)],
         "losses": [entry["loss"] for entry in history if "loss" in entry],
         "probes": [entry["step"] for entry in history if "probe/length" in entry],
+        "probe_logs": [entry for entry in history if "probe/length" in entry],
+        "records": [r for r in records if r["step"] == 0],
         "eval": read_metrics(output_dir, "eval") if (output_dir / "eval_results.json").exists() else {},
         "log": result.stderr,
     }
 
 
 @pytest.fixture(scope="module")
-def cells(tiny_assets, tmp_path_factory) -> dict:
+def probe_reward_models(tiny_reward_model, tiny_value_head_model) -> dict[str, Path]:
+    """The probe reward model of each finetuning type's ZeRO-3 cells: a classifier, or a value head (LoRA's)."""
+    return {"full": tiny_reward_model, "freeze": tiny_reward_model, "lora": tiny_value_head_model}
+
+
+@pytest.fixture(scope="module")
+def cells(tiny_assets, probe_reward_models, tmp_path_factory) -> dict:
     """Runs lazily: each cell once per session, whichever test asks first."""
     root, done = tmp_path_factory.mktemp("matrix"), {}
 
@@ -74,7 +84,9 @@ def cells(tiny_assets, tmp_path_factory) -> dict:
         key = (finetuning, launch, path)
         if key not in done:
             ranks = 1 if launch == "one" else 2
-            keys = FINETUNING[finetuning] | PATHS[path]
+            scorers = {"simpo_probe_reward_model": str(probe_reward_models[finetuning]),
+                       "simpo_probe_judge": str(tiny_assets["model"])}  # fmt: skip
+            keys = FINETUNING[finetuning] | PATHS[path] | (scorers if launch == "zero3" else {})
             done[key] = run_cell(tiny_assets, root / "-".join(key), ranks, LAUNCHES[launch], **keys)
         return done[key]
 
@@ -99,7 +111,7 @@ CELLS = [
 
 
 @pytest.mark.parametrize(("finetuning", "launch"), CELLS)
-def test_the_fast_path_trains_like_the_plain_path(cells, finetuning: str, launch: str) -> None:
+def test_the_fast_path_trains_like_the_plain_path(cells, probe_reward_models, finetuning: str, launch: str) -> None:
     if (finetuning, launch) in HOST_DPO_FAILS and int(transformers.__version__.split(".")[0]) < 5:
         pytest.skip(HOST_DPO_FAILS[finetuning, launch])
     fast, plain = cells(finetuning, launch, "fast"), cells(finetuning, launch, "plain")
@@ -113,6 +125,28 @@ def test_the_fast_path_trains_like_the_plain_path(cells, finetuning: str, launch
         assert cell["losses"] == pytest.approx(reference["losses"], **TOLERANCE)
         for key in EVAL_KEYS:  # eval batch 3 vs 5 (2 ranks: uneven last batches), fast vs plain, 2 ranks vs 1
             assert cell["eval"][key] == pytest.approx(reference["eval"][key], **TOLERANCE), key
+        if launch == "zero3":
+            assert_whole_probe_scorers(cell, probe_reward_models[finetuning])
+
+
+def assert_whole_probe_scorers(cell: dict, reward_model: Path) -> None:
+    """Every probe step logs the reward and the judge's win rate, and each answer's score is the one the reward
+    model gives it whole, in this process (a rank left with a partitioned copy fails or scores differently)."""
+    from simpo_plugin.generation.prompts import Prompt
+    from simpo_plugin.generation.scorers import load_scorer
+
+    for entry in cell["probe_logs"]:
+        assert {"probe/reward", "probe/win_rate", "probe/judge_win_rate"} <= set(entry), entry
+    assert cell["probe_logs"][0]["probe/judge_win_rate"] == 0.5  # the start against itself
+    assert all(0.0 < entry["probe/judge_win_rate"] < 1.0 for entry in cell["probe_logs"][1:])
+    records = cell["records"]
+    prompts = [Prompt(r["key"], [{"role": "user", "content": r["prompt"]}], "", "", [], r["source"]) for r in records]
+    settings = SimpleNamespace(reward_function=None, reward_model=str(reward_model), reward_template=None,
+                               reward_batch_size=8)  # fmt: skip
+    scorer = load_scorer(settings, SimpleNamespace(trust_remote_code=False, infer_dtype="auto"), "default")
+    alone = scorer.score([(prompt, r["response"]) for prompt, r in zip(prompts, records, strict=True)])
+    assert [r["score"] for r in records] == pytest.approx(alone, rel=1e-5)
+    assert cell["probe_logs"][0]["probe/reward"] == pytest.approx(sum(alone) / len(alone), rel=1e-5)
 
 
 @pytest.mark.host

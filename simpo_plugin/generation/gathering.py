@@ -8,6 +8,10 @@ all-gather, and holds the whole model on each rank for the probe's duration; it 
 at most half of the device memory that is free (TRL gathers the same way for its online trainers:
 ``unwrap_model_for_generation`` in trl/models/utils.py). Otherwise the probe generates on the partitioned model, as
 before, and says so once.
+
+Models a probe loads while training (a reward model, an LLM judge) are built by :func:`outside_zero3`: whole on each
+rank, not partitioned by the ``deepspeed.zero.Init`` that transformers opens for every model built during a ZeRO-3
+run (they have no engine to gather them, and would not run).
 """
 
 import os
@@ -78,3 +82,27 @@ def whole_for_generation(model: nn.Module, engine: Any, device: torch.device) ->
             yield None
         finally:
             offload._register_deepspeed_module(offload.module)
+
+
+@contextmanager
+def outside_zero3() -> Iterator[None]:
+    """Models built in the body are whole, not partitioned by ``deepspeed.zero.Init``.
+
+    During a ZeRO-3 run, transformers' ``from_pretrained`` builds every model inside ``deepspeed.zero.Init``
+    (``is_deepspeed_zero3_enabled()``, true while the run's ``HfDeepSpeedConfig`` lives). A model built that way
+    and never wrapped in an engine keeps empty parameters: its first forward fails ("'weight' must be 2-D"). The body
+    runs with transformers' reference to the run's DeepSpeed config lifted, and it is put back after, also when the
+    body raises. Outside ZeRO-3 (or with a transformers that keeps the reference elsewhere) it does nothing.
+    """
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    reference = getattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", None)
+    config = reference() if reference is not None else None
+    if config is None:
+        yield
+        return
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed.set_hf_deepspeed_config(config)

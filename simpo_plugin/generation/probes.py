@@ -130,9 +130,11 @@ class GenerationProbe(TrainerCallback):
         if self.reference_texts is None:
             return [0.5 if i < self.probed else None for i in indices]
         if self.judge is None:
+            from .gathering import outside_zero3
             from .judges import load_judge
 
-            self.judge = load_judge(self.settings.judge, self.settings.judge_template, self.trainer.args.device)
+            with outside_zero3():
+                self.judge = load_judge(self.settings.judge, self.settings.judge_template, self.trainer.args.device)
         todo = [k for k, i in enumerate(indices) if i < self.probed]
         pairs = [(self.prompts[indices[k]], texts[k], self.reference_texts[indices[k]]) for k in todo]
         judged: list[float | None] = [None] * len(indices)
@@ -153,9 +155,13 @@ class GenerationProbe(TrainerCallback):
         if self.settings.scorer is None:
             return None
         if self.scorer is None:
+            from .gathering import outside_zero3
             from .scorers import load_scorer
 
-            self.scorer = load_scorer(self.settings.scorer, self.model_args, self.template_name)
+            with outside_zero3():
+                self.scorer = load_scorer(
+                    self.settings.scorer, self.model_args, self.template_name, device=self.trainer.args.device
+                )
         return self.scorer.score(list(zip(prompts, texts, strict=True)))
 
     def probe(self, step: int) -> dict[str, float]:

@@ -83,18 +83,22 @@ class FunctionScorer:
         return scores
 
 
-def _device_and_dtype() -> tuple[torch.device, torch.dtype]:
-    if torch.cuda.is_available():
-        return torch.device("cuda"), torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.device("cpu"), torch.float32
+def _device_and_dtype(device: Any = None) -> tuple[torch.device, torch.dtype]:
+    """``device`` (default: the current CUDA device, else the CPU) and the dtype a reward model runs in there."""
+    device = torch.device(device) if device is not None else None
+    if device is None and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    if device is not None and device.type == "cuda":
+        return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return device or torch.device("cpu"), torch.float32
 
 
 class ClassifierScorer:
-    def __init__(self, path: str, batch_size: int, trust_remote_code: bool) -> None:
+    def __init__(self, path: str, batch_size: int, trust_remote_code: bool, device: Any = None) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.path, self.batch_size = path, batch_size
-        self.device, dtype = _device_and_dtype()
+        self.device, dtype = _device_and_dtype(device)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
             model, info = AutoModelForSequenceClassification.from_pretrained(
@@ -147,7 +151,7 @@ def value_head_checkpoint(path: str) -> bool:
 
 
 class ValueHeadScorer:
-    def __init__(self, path: str, template: str | None, batch_size: int, model_args: Any) -> None:
+    def __init__(self, path: str, template: str | None, batch_size: int, model_args: Any, device: Any = None) -> None:
         from llamafactory.data import get_template_and_fix_tokenizer
         from llamafactory.hparams import FinetuningArguments, get_infer_args
         from llamafactory.model import load_model, load_tokenizer
@@ -160,12 +164,14 @@ class ValueHeadScorer:
             keys = {"model_name_or_path": base, "adapter_name_or_path": path, "template": template}
         keys.update(trust_remote_code=model_args.trust_remote_code, infer_dtype=model_args.infer_dtype)
         rm_model_args, rm_data_args, _, _ = get_infer_args({k: v for k, v in keys.items() if v is not None})
-        if not torch.cuda.is_available():
+        if device is not None or not torch.cuda.is_available():
             rm_model_args.device_map = None  # TRL's value-head wrapper refuses a device map that names the CPU
         self.tokenizer = load_tokenizer(rm_model_args)["tokenizer"]
         self.template = get_template_and_fix_tokenizer(self.tokenizer, rm_data_args)
         self.model = load_model(self.tokenizer, rm_model_args, FinetuningArguments(), False, add_valuehead=True)
         self.model.eval()
+        if device is not None:
+            self.model.to(device)
         self.pad_id = self.tokenizer.pad_token_id or 0
 
     def encode(self, prompt: "Prompt", response: str) -> list[int]:
@@ -212,14 +218,18 @@ def check_scorer(settings: Any, model_args: Any) -> None:
         )
 
 
-def load_scorer(settings: Any, model_args: Any, template_name: str | None) -> Scorer:
-    """The configured scorer (``reward_model`` with or without a value head, or ``reward_function``)."""
+def load_scorer(settings: Any, model_args: Any, template_name: str | None, device: Any = None) -> Scorer:
+    """The configured scorer (``reward_model`` with or without a value head, or ``reward_function``).
+
+    ``device``: where a reward model lives, whole (a training rank's own device); None keeps the defaults of
+    ``pairs``: the current CUDA device, else the CPU, and the host's ``device_map`` for a value-head model.
+    """
     if settings.reward_function:
         return FunctionScorer(settings.reward_function)
-    path = settings.reward_model
+    path, template = settings.reward_model, settings.reward_template or template_name
     if os.path.isdir(path) and value_head_checkpoint(path):
-        return ValueHeadScorer(path, settings.reward_template or template_name, settings.reward_batch_size, model_args)
-    return ClassifierScorer(path, settings.reward_batch_size, model_args.trust_remote_code)
+        return ValueHeadScorer(path, template, settings.reward_batch_size, model_args, device=device)
+    return ClassifierScorer(path, settings.reward_batch_size, model_args.trust_remote_code, device=device)
 
 
 def is_finite(value: float | None) -> bool:
