@@ -25,3 +25,57 @@ def agreed(local: int | bool, device: Any, op: str = "min") -> int:
     reduce = {"min": torch.distributed.ReduceOp.MIN, "max": torch.distributed.ReduceOp.MAX}[op]
     torch.distributed.all_reduce(flag, op=reduce)
     return int(flag.item())
+
+
+class Later:
+    """A one-element device tensor, read on the host later without stalling the device.
+
+    The copy to the host starts now (asynchronously, into pinned memory, with a CUDA event after it); :meth:`value`
+    waits for that copy only, so the work queued since keeps the device busy. Read it a step after it was made and
+    it is long done. On the CPU it is the tensor itself; on other accelerators the copy blocks. ``work``: the async
+    all-reduce that produces ``tensor`` (NCCL: the stream waits for it, not the host; gloo: :meth:`value` waits).
+    """
+
+    def __init__(self, tensor: Any, work: Any = None) -> None:
+        import torch
+
+        self._work, self._event = None, None
+        if tensor.device.type == "cpu":
+            self._work, self._host = work, tensor
+            return
+        if work is not None:
+            work.wait()
+        if tensor.device.type == "cuda":
+            self._host = tensor.to("cpu", non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = tensor.to("cpu")
+
+    @property
+    def ready(self) -> bool:
+        """Whether :meth:`value` is free now: a host tensor that no collective still writes."""
+        return self._work is None and self._event is None and self._host.device.type == "cpu"
+
+    def value(self) -> int | float | bool:
+        """The tensor's value as a Python number (a read of host memory once the copy is done)."""
+        if self._work is not None:
+            self._work.wait()
+            self._work = None
+        if self._event is not None:
+            self._event.synchronize()
+        return self._host.numpy().reshape(-1)[0].item()
+
+
+def agreed_later(local: int | bool, device: Any, op: str = "min") -> Later:
+    """:func:`agreed`, without a host sync now: the all-reduce starts, and its result is read with
+    :meth:`Later.value` (a step later). Every rank must read it, in the same order as it posted it."""
+    import torch
+
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return Later(torch.tensor([int(local)], dtype=torch.int64))
+    if torch.distributed.get_world_size() == 1:
+        return Later(torch.tensor([int(local)], dtype=torch.int64))
+    flag = torch.full((1,), int(local), dtype=torch.int64, device=device)
+    reduce = {"min": torch.distributed.ReduceOp.MIN, "max": torch.distributed.ReduceOp.MAX}[op]
+    return Later(flag, torch.distributed.all_reduce(flag, op=reduce, async_op=True))

@@ -33,13 +33,19 @@ _LAZY = {
     "SimPOLossOutput": ".loss",
     "simpo_loss": ".loss",
     "partitioned": ".holding",
+    "EmptyResponseError": ".layout",
+    "LayoutPlan": ".layout",
+    "TEXT_KEYS": ".layout",
 }
 __all__ = [
+    "EmptyResponseError",
+    "LayoutPlan",
     "LeanConfig",
     "SequenceLogps",
     "SimPOLoss",
     "SimPOLossOutput",
     "SimPOObjective",
+    "TEXT_KEYS",
     "partitioned",
     "simpo_loss",
 ]

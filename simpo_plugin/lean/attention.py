@@ -32,9 +32,9 @@ others keep their mask-free call), in the eager mask, and as flash-attention's `
 """
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -119,6 +119,16 @@ class Segments:
     items: list[Segment]
     calls: int = 0  # attention layers that computed them: fewer than the model's layers means a layer bypassed it
     _varlen: dict[torch.device, VarlenIndex] = field(default_factory=dict, init=False, repr=False)
+
+    def moved(self, move: Callable[[Tensor], Tensor]) -> "Segments":
+        """The same segments with each varlen index built so far passed through ``move`` (a copy to a device)."""
+        moved = Segments(self.items)
+        for index in self._varlen.values():
+            key_index = move(index.key_index) if index.key_index is not None else None
+            index = replace(index, cu_seqlens_q=move(index.cu_seqlens_q), cu_seqlens_k=move(index.cu_seqlens_k),
+                            key_index=key_index)  # fmt: skip
+            moved._varlen[index.cu_seqlens_q.device] = index
+        return moved
 
     def varlen(self, device: torch.device) -> VarlenIndex:
         """The segments as one varlen problem on ``device``, built once per batch (one host-to-device copy)."""
@@ -321,11 +331,19 @@ def install_route(model: nn.Module) -> bool:
     current = getattr(config, "_attn_implementation", None)
     if current in ROUTES.values():
         return True
-    if current not in ROUTES or (current in FLASH_BASES and _flash_causal_top_left()):
+    if not route_available(model):
         return False
     register_routes()
     config._attn_implementation = ROUTES[current]
     return True
+
+
+def route_available(model: nn.Module) -> bool:
+    """Whether :func:`install_route` would point ``model`` at a route (or has already)."""
+    current = getattr(model.config, "_attn_implementation", None)
+    if current in ROUTES.values():
+        return True
+    return current in ROUTES and not (current in FLASH_BASES and _flash_causal_top_left())
 
 
 def _flash_causal_top_left() -> bool:

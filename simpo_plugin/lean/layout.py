@@ -17,7 +17,8 @@ Attention masks for packed rows are 4D boolean "may attend" masks (R, 1, L, L) t
 only, which keeps their softmax finite; their outputs are never read.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -27,6 +28,13 @@ from .windows import LayerWindows
 
 
 IGNORE_INDEX = -100
+TEXT_KEYS = frozenset({"input_ids", "attention_mask", "labels"})  # a text-only pairwise batch
+
+
+class EmptyResponseError(ValueError):
+    """A sequence of the batch has no response token: its mean log-prob is undefined."""
+
+
 _PROMPT, _CHOSEN, _REJECTED, _PAD = 0, 1, 2, 3
 
 
@@ -46,6 +54,9 @@ class PairLayout:
     # flash-attention's sequence boundaries of a packed row (``cu_seq_lens_q/k``, ``max_length_q/k``): forward
     # kwargs computed once per batch, so no layer derives them from position ids (a host sync per layer)
     varlen_kwargs: dict[str, Tensor | int] | None = None
+    sequence_lengths: Tensor | None = None  # (2B,) response tokens per sequence, chosen first
+    empty_responses: int | None = None  # sequences without a response token; None: not counted (it takes a sync)
+    plan: "LayoutPlan | None" = None  # what built it
 
     @property
     def computed_tokens(self) -> int:
@@ -53,7 +64,66 @@ class PairLayout:
 
     def lengths(self) -> Tensor:
         """(2B,) response lengths in tokens, chosen first."""
+        if self.sequence_lengths is not None:
+            return self.sequence_lengths
         return torch.bincount(self.sequence_ids, minlength=2 * self.num_pairs)
+
+    def _map(self, move: Any) -> "PairLayout":
+        changes: dict[str, Any] = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, Tensor):
+                changes[item.name] = move(value)
+            elif isinstance(value, dict):
+                changes[item.name] = {k: move(v) if isinstance(v, Tensor) else v for k, v in value.items()}
+            elif isinstance(value, Segments):
+                changes[item.name] = value.moved(move)
+        return replace(self, **changes)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "PairLayout":
+        """The layout on ``device``; copies from the CPU never block the host (the collator builds on the CPU, and
+        the DataLoader pins what it builds). accelerate's ``send_to_device`` and the trainer call this."""
+
+        def move(tensor: Tensor) -> Tensor:
+            return tensor.to(device, non_blocking=non_blocking or tensor.device.type == "cpu")
+
+        return self._map(move)
+
+    def pin_memory(self) -> "PairLayout":
+        """Page-locked copies of the tensors, for asynchronous copies to the GPU (the DataLoader's ``pin_memory``)."""
+        return self._map(lambda tensor: tensor.pin_memory())
+
+
+@dataclass(frozen=True)
+class LayoutPlan:
+    """How batches become a :class:`PairLayout`, decided once per model (:meth:`SequenceLogps.plan`).
+
+    Picklable, so the collator, in the DataLoader's workers, builds each batch's layout on the CPU, where the
+    Python work of packing costs no GPU time and reading the token ids is no host sync.
+    """
+
+    packed: bool = False  # False: the collator's padded rows
+    share_prompt: bool = False
+    one_row: bool = False
+    segments: bool = False  # the block route's segments instead of masks
+    varlen: bool = False  # flash-attention's sequence boundaries instead of masks
+    windows: LayerWindows | None = None
+    varlen_index: bool = False  # the segments' flash-attention index too (the route on flash-attention)
+
+    def build(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> PairLayout:
+        """The layout of one collated batch, on the batch's device; counts empty responses when that is the CPU."""
+        if not self.packed:
+            layout = padded_layout(input_ids, attention_mask, labels)
+        else:
+            layout = packed_layout(input_ids, attention_mask, labels, share_prompt=self.share_prompt,
+                                   one_row=self.one_row, segments=self.segments, windows=self.windows,
+                                   varlen=self.varlen)  # fmt: skip
+            if self.varlen_index:
+                layout.segments.varlen(input_ids.device)
+        if input_ids.device.type == "cpu":
+            layout.empty_responses = int((layout.lengths() == 0).sum())
+        layout.plan = self
+        return layout
 
 
 def padded_layout(input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> PairLayout:
@@ -70,6 +140,7 @@ def padded_layout(input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> 
         targets=shifted[keep],
         sequence_ids=row_ids,
         num_pairs=rows // 2,
+        sequence_lengths=keep.sum(dim=1),
     )
 
 
@@ -171,6 +242,7 @@ def _assemble(
     kinds = torch.full((num_rows, length), _PAD, dtype=torch.long)
     docs = torch.full((num_rows, length), -1, dtype=torch.long)
     predictors, targets, sequence_ids = [], [], []
+    lengths = [0] * (2 * num_pairs)
     row_segments: list[Segment] = []
     doc = 0
     for r, group in enumerate(row_groups):
@@ -188,6 +260,7 @@ def _assemble(
                 predictors += [r * length + offset + j for j in pred]
                 targets += response
                 sequence_ids += [seq] * len(response)
+                lengths[seq] += len(response)
             offset += n
             doc += 1
         positions[r, offset:] = torch.arange(length - offset)
@@ -199,6 +272,7 @@ def _assemble(
         "targets": torch.tensor(targets, dtype=torch.long, device=device),
         "sequence_ids": torch.tensor(sequence_ids, dtype=torch.long, device=device),
         "num_pairs": num_pairs,
+        "sequence_lengths": torch.tensor(lengths, dtype=torch.long, device=device),
     }
     if segments:  # one row that the blocks tile exactly: no padding, no mask
         return PairLayout(attention_mask=placeholder_mask(device), segments=Segments(row_segments), **indices)

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ranks import agreed
-from .attention import ROUTES, install_route
+from .attention import ROUTES, install_route, route_available
 from .config import LeanConfig
 from .head import (
     HeadNotCalledError,
@@ -16,7 +16,7 @@ from .head import (
     sequence_sums,
 )
 from .holding import sharded_by_fsdp
-from .layout import PairLayout, packed_layout, padded_layout
+from .layout import TEXT_KEYS, EmptyResponseError, LayoutPlan, PairLayout
 from .windows import UnsupportedLayerTypes, layer_windows
 
 
@@ -50,14 +50,14 @@ class SequenceLogps:
             self._warned.add(message)
             logger.warning(f"simpo-plugin: {message}")
 
-    def layout(
-        self, batch: dict[str, Tensor], attn_implementation: str | None, model: nn.Module | None = None
-    ) -> PairLayout:
-        """The batch's layout for ``attn_implementation`` (the base one; ``model`` receives the route if used)."""
-        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    def plan(self, attn_implementation: str | None, model: nn.Module | None = None) -> LayoutPlan:
+        """How this model's batches are laid out, for ``attn_implementation`` (the base one); ``model`` is the
+        unwrapped model. Warns once for each reason it falls back to the padded rows. The trainer asks once before
+        training, so the collator can build each batch's layout on the CPU (:meth:`LayoutPlan.build`)."""
         share, one_row = self.config.prefix_sharing, self.config.padding_free
+        padded = LayoutPlan()
         if not (share or one_row or self.route) or not self.packed:
-            return padded_layout(ids, mask, labels)
+            return padded
         if model is not None and not self._sinks_checked:  # once: the model's modules do not change
             self._sinks_checked = True
             if has_attention_sinks(model):
@@ -66,42 +66,77 @@ class SequenceLogps:
                     f"{type(model).__name__} has attention sinks, which the packed layouts do not model; using "
                     "padded rows"
                 )
-                return padded_layout(ids, mask, labels)
-        if set(batch) - {"input_ids", "attention_mask", "labels"}:
-            self._warn_once("prefix sharing / padding-free need text-only batches; using padded rows")
-            return padded_layout(ids, mask, labels)
+                return padded
         if attn_implementation not in MASK_ATTENTION + VARLEN_ATTENTION:
             self._warn_once(
                 f"prefix sharing / padding-free need sdpa, eager or flash-attention, not {attn_implementation}; "
                 "using padded rows"
             )
-            return padded_layout(ids, mask, labels)
+            return padded
         try:
             windows = layer_windows(model.config) if model is not None else None
         except UnsupportedLayerTypes as exc:
             self._warn_once(f"prefix sharing / padding-free cannot lay out {exc}; using padded rows")
-            return padded_layout(ids, mask, labels)
-        if self.route and model is not None and install_route(model):
-            layout = packed_layout(ids, mask, labels, share_prompt=share, one_row=True, segments=True)
-            if attn_implementation in VARLEN_ATTENTION:  # copied now, not in the first layer's attention
-                layout.segments.varlen(ids.device)
-            return layout
-        if attn_implementation in VARLEN_ATTENTION:  # no 4D masks: packed through sequence boundaries only
+            return padded
+        flash = attn_implementation in VARLEN_ATTENTION
+        if self.route and model is not None and route_available(model):
+            return LayoutPlan(packed=True, share_prompt=share, one_row=True, segments=True, varlen_index=flash)
+        if flash:  # no 4D masks: packed through sequence boundaries only
             if not one_row:
-                return padded_layout(ids, mask, labels)
+                return padded
             if share:
                 self._warn_once(
                     f"prefix sharing under {attn_implementation} needs the block route (`simpo_attention_route: "
                     "true`, flash-attn >= 2.1); packing without sharing"
                 )
-            return packed_layout(ids, mask, labels, share_prompt=False, one_row=True, varlen=True)
+            return LayoutPlan(packed=True, one_row=True, varlen=True)
         if not (share or one_row):
-            return padded_layout(ids, mask, labels)
-        return packed_layout(ids, mask, labels, share_prompt=share, one_row=one_row, windows=windows)
+            return padded
+        return LayoutPlan(packed=True, share_prompt=share, one_row=one_row, windows=windows)
 
-    def __call__(self, model: nn.Module, unwrapped: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    def plan_for(self, model: nn.Module) -> LayoutPlan:
+        """:meth:`plan` for the unwrapped ``model`` and its attention implementation."""
+        return self.plan(base_attention(model.config), model)
+
+    def layout(
+        self,
+        batch: dict[str, Tensor],
+        attn_implementation: str | None,
+        model: nn.Module | None = None,
+        prepared: PairLayout | None = None,
+    ) -> PairLayout:
+        """The batch's layout for ``attn_implementation`` (the base one; ``model`` receives the route if used).
+
+        ``prepared``: the layout the collator built on the CPU, used (moved to the batch's device) when it follows
+        this step's plan; otherwise the layout is built here, from the device batch (host syncs on a GPU).
+        """
+        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        plan = self.plan(attn_implementation, model)
+        if plan.packed and set(batch) - TEXT_KEYS:
+            self._warn_once("prefix sharing / padding-free need text-only batches; using padded rows")
+            plan = LayoutPlan()
+        if plan.segments:
+            install_route(model)
+        if prepared is not None and prepared.plan == plan and prepared.num_pairs == ids.shape[0] // 2:
+            return prepared if prepared.input_ids.device == ids.device else prepared.to(ids.device)
+        return plan.build(ids, mask, labels)
+
+    def __call__(
+        self, model: nn.Module, unwrapped: nn.Module, batch: dict[str, Tensor], prepared: PairLayout | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """(2B,) summed response log-probs and (2B,) response lengths, chosen first.
+
+        Raises:
+            EmptyResponseError: a sequence has no response token (counted on the CPU when the collator built the
+                layout; otherwise with one host sync).
+        """
         attn = base_attention(unwrapped.config)
-        layout = self.layout(batch, attn, unwrapped)
+        layout = self.layout(batch, attn, unwrapped, prepared)
+        empty = layout.empty_responses
+        if empty is None:
+            empty = int((layout.lengths() == 0).sum())
+        if empty:
+            raise EmptyResponseError(f"{empty} sequence(s) of the batch have no response token")
         result = self._sums(model, unwrapped, batch, layout, attn)
         layers = getattr(unwrapped.config, "num_hidden_layers", None) or 1
         if layout.segments is not None and layout.segments.calls < layers:  # a layer's attention bypassed the route

@@ -306,6 +306,9 @@ def resolve_simpo_args(
     if sft_weight < 0:
         raise SimPOArgumentError(f"`pref_ftx` (SFT weight) must be >= 0, got {sft_weight}.")
 
+    if "logging_nan_inf_filter" not in given_keys:  # the stage's default (stage.py's host_defaults says why)
+        training_args.logging_nan_inf_filter = False
+
     if data_args.max_samples is not None and data_args.max_samples < 1:
         raise SimPOArgumentError(
             f"`max_samples: {data_args.max_samples}` leaves no rows to train on; remove it or give a count >= 1."

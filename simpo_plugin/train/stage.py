@@ -38,6 +38,12 @@ SIMPO_STAGE = Stage(
             f"({DEFAULT_BETA:g} x {DEFAULT_GAMMA_BETA_RATIO:g} by default)",
         ),
         "pref_ftx": (0.0, "weight of an SFT (NLL) term on the chosen responses; 0 is pure SimPO"),
+        "logging_nan_inf_filter": (
+            False,
+            "the host's filter reads every micro-batch's loss on the host (a GPU sync per step) to hide a NaN or "
+            "Inf loss from the logged mean; the stage stops at the first non-finite gradient instead, and the log "
+            "shows a non-finite loss as it is",
+        ),
     },
     rejected_keys=DPO_ONLY_KEYS,
     ignored_keys=IGNORED_HOST_KEYS,

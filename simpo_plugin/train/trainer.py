@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from llamafactory.train.dpo.trainer import CustomDPOTrainer
+from torch.utils.data import IterableDataset
 from transformers import Trainer
 from typing_extensions import override
 
-from ..lean import SequenceLogps, SimPOLoss
+from ..lean import EmptyResponseError, SequenceLogps, SimPOLoss
 from .checkpoints import checkpoint_dir, unmark, write_manifest
+from .collate import LAYOUT_KEY, LayoutCollator
 from .grad_buffers import GradientBuffers
 from .guards import NonFiniteGuard
 from .preemption import PreemptionGuard, load_cpu_rank_locations
@@ -42,9 +44,12 @@ class SimPOTrainer(CustomDPOTrainer):
         super().__init__(model=model, ref_model=None, finetuning_args=finetuning_args, processor=processor, **kwargs)
         self.simpo_loss = SimPOLoss(simpo_config)
         self.sequence_logps = SequenceLogps(simpo_config)
-        self.add_callback(NonFiniteGuard())
         self.preemption = PreemptionGuard()
         self.add_callback(self.preemption)
+        self._grad_norm: torch.Tensor | None = None
+        self._keep_grad_norm()
+        self.add_callback(NonFiniteGuard(grad_norm=self._take_grad_norm))  # after the preemption's stop: a
+        # checkpoint it asks for is checked first
         on_cpu = self.args.device.type == "cpu"
         if on_cpu and self.args.world_size > 1:
             load_cpu_rank_locations()
@@ -52,6 +57,38 @@ class SimPOTrainer(CustomDPOTrainer):
         if simpo_config.cpu_gradient_buffers and on_cpu and self.args.world_size == 1 and not sharded:
             self.add_callback(GradientBuffers())
         self._stored_metrics = defaultdict(lambda: defaultdict(list))
+        self._plan_layouts()
+
+    def _keep_grad_norm(self) -> None:
+        """Keep the total norm the host's clipping computes (accelerate's ``clip_grad_norm_``) for the guard."""
+        clip = self.accelerator.clip_grad_norm_
+
+        def clip_and_keep(*args: Any, **kwargs: Any) -> Any:
+            norm = clip(*args, **kwargs)
+            self._grad_norm = norm if isinstance(norm, torch.Tensor) and norm.numel() == 1 else None
+            return norm
+
+        self.accelerator.clip_grad_norm_ = clip_and_keep
+
+    def _take_grad_norm(self) -> torch.Tensor | None:
+        norm, self._grad_norm = self._grad_norm, None
+        return norm
+
+    def _plan_layouts(self) -> None:
+        """Let the collator build each batch's layout on the CPU, unless accelerate dispatches batches (streaming
+        over several processes: the first process collates everyone's rows and slices them, so a layout built by
+        the collator would describe rows this process never sees; the step builds it then)."""
+        collator = self.data_collator
+        if not isinstance(collator, LayoutCollator):
+            return
+        datasets = [self.train_dataset, *((self.eval_dataset or {}).values() if isinstance(self.eval_dataset, dict)
+                                         else [self.eval_dataset])]  # fmt: skip
+        streamed = any(isinstance(dataset, IterableDataset) for dataset in datasets)
+        dispatch = getattr(getattr(self.accelerator, "dataloader_config", None), "dispatch_batches", None)
+        if dispatch or (dispatch is None and streamed):
+            collator.plan = None
+            return
+        collator.plan = self.sequence_logps.plan_for(self.model)
 
     @override
     def _save_checkpoint(self, model: "PreTrainedModel", trial: Any) -> None:
@@ -80,12 +117,15 @@ class SimPOTrainer(CustomDPOTrainer):
             over any set of pairs is the metric over those pairs (weight 1 per pair; response tokens for the
             token-level ``sft_loss``), so that windows and ranks pool by pair, whatever the batch sizes.
         """
-        logps, lengths = self.sequence_logps(model, self.accelerator.unwrap_model(model), batch)
-        if bool((lengths == 0).any()):
+        batch = dict(batch)
+        prepared = batch.pop(LAYOUT_KEY, None)
+        try:
+            logps, lengths = self.sequence_logps(model, self.accelerator.unwrap_model(model), batch, prepared)
+        except EmptyResponseError as exc:
             raise ValueError(
                 "A preference pair has an empty response after truncation to `cutoff_len`; its mean log-prob is "
                 "undefined. Raise `cutoff_len` or shorten the prompts."
-            )
+            ) from exc
         lengths = lengths.to(logps.dtype)
         chosen_logps, rejected_logps = logps.chunk(2)
         chosen_lengths, rejected_lengths = lengths.chunk(2)

@@ -19,6 +19,7 @@ from ..data import converter_warnings
 from ..errors import SimPOArgumentError
 from ..exits import record_exit_code
 from .checkpoints import checkpoint_dir
+from .collate import LayoutCollator
 from .data_checks import (
     check_preference_datasets,
     check_raw_datasets,
@@ -111,12 +112,14 @@ def _train_and_evaluate(
     check_flash_attention(model_args, model_type=lambda: getattr(load_config(model_args), "model_type", None))
     model = load_model(tokenizer, model_args, finetuning_args, training_args.do_train)
 
-    data_collator = PairwiseDataCollatorWithPadding(
-        template=template,
-        model=model,
-        pad_to_multiple_of=8,
-        label_pad_token_id=IGNORE_INDEX if data_args.ignore_pad_token_for_loss else tokenizer.pad_token_id,
-        **tokenizer_module,
+    data_collator = LayoutCollator(
+        PairwiseDataCollatorWithPadding(
+            template=template,
+            model=model,
+            pad_to_multiple_of=8,
+            label_pad_token_id=IGNORE_INDEX if data_args.ignore_pad_token_for_loss else tokenizer.pad_token_id,
+            **tokenizer_module,
+        )
     )
 
     from .trainer import SimPOTrainer
