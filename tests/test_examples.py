@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from llamafactory.train import tuner
 
@@ -93,3 +94,19 @@ def test_recipe_parses_to_documented_values(name: str, tmp_path: Path) -> None:
         assert global_batch == 128 and training_args.num_train_epochs == 1.0
         assert training_args.lr_scheduler_type == "cosine" and training_args.warmup_ratio == 0.1
         assert raw["bf16"] is True and raw["cutoff_len"] == 2048 and raw["deepspeed"].endswith("ds_z3_config.json")
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_pairs_and_eval_load_their_models_whole_on_this_process_device(gpu: bool, monkeypatch) -> None:
+    """`backend: hf` on a GPU node: one GPU per process (LOCAL_RANK's), not `device_map: auto` over all of them."""
+    import llamafactory.extras.misc as misc
+
+    from simpo_plugin.generation.args import EvalArguments, parse_args
+
+    if gpu:
+        monkeypatch.setattr(misc, "get_current_device", lambda: torch.device("cuda", 3))
+    monkeypatch.chdir(EXAMPLES.parent)
+    name = sorted(EVALS)[0]
+    raw = yaml.safe_load((EXAMPLES / name).read_text())
+    _, model_args, _ = parse_args(raw, EvalArguments, model_path=raw["models"][0])
+    assert model_args.device_map == ({"": torch.device("cuda", 3)} if gpu else "auto")

@@ -35,7 +35,7 @@ def test_defaults_are_the_papers(tmp_path: Path) -> None:
     assert finetuning_args.plugin_stage == "simpo"
     config = finetuning_args.stage_args
     assert (config.lean_logps, config.prefix_sharing, config.padding_free, config.logps_chunk_size) == (
-        True, True, False, 256,
+        True, True, False, None,
     )  # fmt: skip
 
 

@@ -371,3 +371,16 @@ def test_two_process_ddp_lean_gradients_agree(tmp_path: Path) -> None:
     assert float(across_ranks) == 0.0
     assert float(vs_reference) < 1e-5
     assert verdicts == "0,0"
+
+
+def test_the_chunk_size_defaults_per_device_and_a_given_one_wins() -> None:
+    """`simpo_logps_chunk_size` unset: the batch's device picks it (CPU 256, CUDA 1024, others the CPU's)."""
+    from types import SimpleNamespace
+
+    from simpo_plugin.lean.config import chunk_size_for
+
+    assert (chunk_size_for("cpu"), chunk_size_for("cuda"), chunk_size_for("xpu")) == (256, 1024, 256)
+    for device, expected in (("cpu", 256), ("meta", 256)):
+        layout = SimpleNamespace(input_ids=torch.zeros(1, 3, dtype=torch.long, device=device))
+        assert SequenceLogps(LeanConfig()).chunk_size(layout) == expected
+        assert SequenceLogps(LeanConfig(logps_chunk_size=7)).chunk_size(layout) == 7

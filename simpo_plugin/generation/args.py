@@ -438,6 +438,9 @@ def parse_args(
         model_args, data_args, _, _ = get_infer_args(host)
     except ValueError as exc:
         raise PairsConfigError(f"Invalid model or data key: {exc}") from exc
+    from .devices import one_device
+
+    one_device(model_args)
     if data_args.streaming:
         raise PairsConfigError("`streaming` is not supported by `simpo-plugin`; remove it.")
     return own, model_args, data_args

@@ -196,6 +196,10 @@ def load_llm_judge(
     chat_template = get_template_and_fix_tokenizer(tokenizer, data_args)
     if device is not None:
         model_args.device_map = None
+    else:
+        from .devices import one_device
+
+        one_device(model_args)
     model = load_model(tokenizer, model_args, FinetuningArguments(), False)
     model.eval()
     if device is not None:

@@ -166,6 +166,10 @@ class ValueHeadScorer:
         rm_model_args, rm_data_args, _, _ = get_infer_args({k: v for k, v in keys.items() if v is not None})
         if device is not None or not torch.cuda.is_available():
             rm_model_args.device_map = None  # TRL's value-head wrapper refuses a device map that names the CPU
+        else:
+            from .devices import one_device
+
+            one_device(rm_model_args)
         self.tokenizer = load_tokenizer(rm_model_args)["tokenizer"]
         self.template = get_template_and_fix_tokenizer(self.tokenizer, rm_data_args)
         self.model = load_model(self.tokenizer, rm_model_args, FinetuningArguments(), False, add_valuehead=True)
@@ -221,8 +225,8 @@ def check_scorer(settings: Any, model_args: Any) -> None:
 def load_scorer(settings: Any, model_args: Any, template_name: str | None, device: Any = None) -> Scorer:
     """The configured scorer (``reward_model`` with or without a value head, or ``reward_function``).
 
-    ``device``: where a reward model lives, whole (a training rank's own device); None keeps the defaults of
-    ``pairs``: the current CUDA device, else the CPU, and the host's ``device_map`` for a value-head model.
+    ``device``: where a reward model lives, whole (a training rank's own device); None: this process's GPU
+    (``generation/devices.py``), else the CPU.
     """
     if settings.reward_function:
         return FunctionScorer(settings.reward_function)

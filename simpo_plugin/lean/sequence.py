@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from ..ranks import agreed
 from .attention import ROUTES, install_route, route_available
-from .config import LeanConfig
+from .config import LeanConfig, chunk_size_for
 from .head import (
     HeadNotCalledError,
     lean_token_logps,
@@ -161,6 +161,10 @@ class SequenceLogps:
                 return sequence_sums(token_logps, layout)
         return sequence_sums(plain_token_logps(model, inputs, layout), layout)
 
+    def chunk_size(self, layout: PairLayout) -> int:
+        """``logps_chunk_size``, or the default of the batch's device (:data:`~.config.CHUNK_SIZE_BY_DEVICE`)."""
+        return self.config.logps_chunk_size or chunk_size_for(layout.input_ids.device.type)
+
     def _lean(self, model: nn.Module, unwrapped: nn.Module, inputs: dict, layout: PairLayout) -> Tensor | None:
         head = unwrapped.get_output_embeddings()
         if head is not None and sharded_by_fsdp(model, head):
@@ -171,7 +175,7 @@ class SequenceLogps:
         check = None if self._lean_checked else check_sample(layout)
         try:
             token_logps, checked = lean_token_logps(
-                model, head, inputs, layout, softcap, self.config.logps_chunk_size, check=check
+                model, head, inputs, layout, softcap, self.chunk_size(layout), check=check
             )
         except HeadNotCalledError as exc:
             self.lean = False

@@ -103,9 +103,12 @@ class SimPOArguments:
             "(exact; falls back to the plain path for models that cannot be split into body and head)."
         },
     )
-    simpo_logps_chunk_size: int = field(
-        default=256,
-        metadata={"help": "Response tokens per chunk of the lean path; peak memory ~ chunk x vocabulary x 4 bytes."},
+    simpo_logps_chunk_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Response tokens per chunk of the lean path; peak memory ~ chunk x vocabulary x 4 bytes "
+            "(default: per device, 256 on CPU, 1024 on CUDA)."
+        },
     )
     simpo_prefix_sharing: bool = field(
         default=True,
@@ -170,7 +173,7 @@ class SimPOArguments:
     )
 
     def __post_init__(self) -> None:
-        if self.simpo_logps_chunk_size < 1:
+        if self.simpo_logps_chunk_size is not None and self.simpo_logps_chunk_size < 1:
             raise SimPOArgumentError(f"`simpo_logps_chunk_size` must be >= 1, got {self.simpo_logps_chunk_size}.")
         if self.simpo_loss_type not in LOSS_TYPES:
             raise SimPOArgumentError(
