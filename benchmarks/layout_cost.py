@@ -1,5 +1,9 @@
 """What building one micro-batch's layout costs on the host CPU, per attention implementation and layout.
 
+Each row but one times the layout built from the batch, as the step built it before it came from the collator
+(on a GPU that also waits for the device: the ids are read from its copy of the batch); the row "in the step,
+built by the collator" times what the step pays now.
+
 A SimPO step first turns the collator's 2B padded rows into the layout the model computes (simpo_plugin/lean/
 layout.py). This times that step alone, side by side in one run, for a batch shaped like a cutoff-2048 run: the
 dense-mask layouts build (L x L) masks on the CPU (sdpa/eager without the route, and, before issue 30,
@@ -77,8 +81,16 @@ def main() -> None:
         model = SimpleNamespace(config=SimpleNamespace(_attn_implementation=attn))  # the layout needs only this
         return lambda: SequenceLogps(config).layout(batch, attn, model)
 
+    def in_step_with_collator(attn: str, config: LeanConfig):
+        """What the step pays once the collator built the layout (train/collate.py): the plan and a comparison."""
+        model = SimpleNamespace(config=SimpleNamespace(_attn_implementation=attn))
+        forward = SequenceLogps(config)
+        prepared = forward.plan(attn, model).build(**batch)  # in the DataLoader, off the step
+        return lambda: forward.layout(batch, attn, model, prepared)
+
     cases = {
         "sdpa/eager, block route (default)": layout_of("sdpa", LeanConfig()),
+        "  the same, in the step, built by the collator": in_step_with_collator("sdpa", LeanConfig()),
         "flash-attention, block route (default)": layout_of("flash_attention_2", LeanConfig()),
         "flash-attention, packed, no route": layout_of(
             "flash_attention_2", LeanConfig(padding_free=True, attention_route=False)
@@ -101,9 +113,9 @@ def main() -> None:
         results[name] = (statistics.median(times), tuple(layout.input_ids.shape), probe.numel)
     base = results["sdpa/eager, block route (default)"][0]
     print(f"{args.pairs} pairs, prompts {args.prompt} tokens, responses ~{args.response}; median of {args.repeats}")
-    print(f"{'layout':50} {'seconds':>9} {'rows x L':>12} {'largest tensor':>15} {'vs route':>9}")
+    print(f"{'layout':50} {'ms':>9} {'rows x L':>12} {'largest tensor':>15} {'vs route':>9}")
     for name, (seconds, shape, numel) in results.items():
-        print(f"{name:50} {seconds:9.3f} {f'{shape[0]} x {shape[1]}':>12} {numel:15,} {seconds / base:8.1f}x")
+        print(f"{name:50} {seconds * 1e3:9.2f} {f'{shape[0]} x {shape[1]}':>12} {numel:15,} {seconds / base:8.1f}x")
 
 
 if __name__ == "__main__":
