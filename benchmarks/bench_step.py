@@ -551,11 +551,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    default_vocabs = {"8b": [128256], "smollm2": [49152]}.get(args.model_shape, [32000, 128000])
+    default_vocabs = {"1b": [128256], "8b": [128256], "smollm2": [49152]}.get(args.model_shape, [32000, 128000])
     args.vocabs = args.vocabs or ([32000] if args.quick and args.model_shape == "tiny" else default_vocabs)
     args.warmup_steps = args.warmup_steps if args.warmup_steps is not None else (1 if args.quick else 2)
     args.batches = args.batches or (2 if args.quick else 4)
-    args.dtype = args.dtype or ("bf16" if args.model_shape == "8b" else "fp32")
+    args.dtype = args.dtype or ("bf16" if args.model_shape in ("1b", "8b") else "fp32")
     import yaml
 
     args.plugin_options = {}

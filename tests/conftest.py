@@ -71,6 +71,7 @@ LONGEST_FIRST = (
     "test_pairs_real_model.py",
     "test_reliability.py",
     "test_matrix.py",
+    "test_gpu_check.py",
     "test_workflow.py",
     "test_server_backend.py",
     "test_startup.py",

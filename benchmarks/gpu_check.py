@@ -1,0 +1,363 @@
+"""The GPU check: is the plugin's GPU path exact, free of host syncs, and how fast is it, in one table.
+
+Run by ``benchmarks/gpu_check.sh`` (which installs the wheelhouse offline first); ``--cpu-dry-run`` runs every part
+that can run on the CPU, on tiny shapes, so CI proves the script does not rot. Parts, in order of value, each
+skipped (and listed as such) when the global deadline no longer leaves its budget:
+
+- ``setup``: versions, the device, the ``simpo`` stage registered with the host.
+- ``exact``: one batch through the plain path in fp32 (the reference) and, in the run's dtype (bf16 on a GPU),
+  through the plain path, the default (block route, shared prompts, lean head), dense rows and padding-free
+  rows: the error of each sequence's mean log-prob and of the gradients against the reference; on a GPU also
+  the route under SDPA's flash / memory-efficient / cuDNN kernels only (a FINDING if a segment needs the math
+  kernel).
+- ``syncs``: three steps of the default path with the layout built on the CPU as the collator builds it, under
+  ``torch.cuda.set_sync_debug_mode("warn")``: host syncs per step (CUDA only; ``tests/test_syncs.py`` counts them
+  on the CPU), and what the layout costs on the CPU against the step.
+- ``cli``: a real ``llamafactory-cli train`` under DeepSpeed ZeRO-3 (one process) with generation probes scored by
+  a reward model and judged by an LLM judge, bf16 and Liger where they exist: exit 0, probes at every step, no
+  warning from the plugin.
+- ``bench``: ``bench_step.py`` against the host's built-in SimPO (Llama-3.2-1B's shape, cutoff 2048, 8 pairs,
+  bf16, gradient checkpointing on a GPU; the tiny shape in the dry run): tokens/s and peak memory ratios.
+
+Writes ``OUT/results.json`` and ``OUT/table.md``; prints the table. Exit 1 if a part FAILs.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BUDGETS = {"setup": 30, "exact": 70, "syncs": 40, "cli": 100, "bench": 180}  # seconds each part may take
+
+
+@dataclass
+class Row:
+    part: str
+    check: str
+    verdict: str  # PASS, FAIL, FINDING, SKIP
+    numbers: str = ""
+
+
+class Check:
+    def __init__(self, out: Path, dry_run: bool, deadline: float) -> None:
+        self.out, self.dry_run, self.deadline = out, dry_run, deadline
+        self.start = time.monotonic()
+        self.rows: list[Row] = []
+
+    def add(self, part: str, check: str, verdict: str, numbers: str = "") -> None:
+        self.rows.append(Row(part, check, verdict, numbers))
+        print(f"[{part}] {verdict:7} {check}: {numbers}", flush=True)
+
+    def left(self) -> float:
+        return self.deadline - (time.monotonic() - self.start)
+
+    def table(self) -> str:
+        lines = ["| part | check | verdict | numbers |", "|---|---|---|---|"]
+        lines += [f"| {r.part} | {r.check} | {r.verdict} | {r.numbers} |" for r in self.rows]
+        return "\n".join(lines)
+
+
+def device_and_dtype(dry_run: bool) -> tuple[Any, Any]:
+    import torch
+
+    if torch.cuda.is_available() and not dry_run:
+        return torch.device("cuda"), torch.bfloat16
+    return torch.device("cpu"), torch.float32
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parts
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def part_setup(check: Check) -> None:
+    import importlib.metadata as metadata
+
+    import torch
+
+    names = ("torch", "transformers", "accelerate", "peft", "trl", "datasets", "deepspeed", "llamafactory",
+             "liger-kernel", "flash-attn", "bitsandbytes", "simpo-plugin")  # fmt: skip
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "-"
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    check.add("setup", "versions", "PASS", f"{device}; " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    from llamafactory.train import tuner  # noqa: F401  (registers the plugin's stage through the host)
+
+    from simpo_plugin.host import REGISTRY
+
+    check.add("setup", "stage `simpo` registered", "PASS" if "simpo" in REGISTRY else "FAIL")
+
+
+def _model(device: Any, dtype: Any, dry_run: bool, seed: int = 0) -> Any:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    sys.path.insert(0, str(HERE))
+    from bench_setup import SHAPES
+
+    shape = dict(SHAPES["tiny"] if dry_run else SHAPES["1b"])
+    if not dry_run:
+        shape["num_hidden_layers"] = 4  # the 1b shape's layers, four of them: exact checks need no depth
+    vocab = 1024 if dry_run else 128256
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab, attn_implementation="sdpa", **shape)
+    return LlamaForCausalLM(config).to(device=device, dtype=dtype)
+
+
+def _batch(dry_run: bool, vocab: int) -> dict[str, Any]:
+    sys.path.insert(0, str(HERE))
+    from layout_cost import collated
+
+    batch = collated(4, 24, 32) if dry_run else collated(8, 256, 384)
+    return {k: v.clamp(max=vocab - 1) if k != "attention_mask" else v for k, v in batch.items()}
+
+
+def _sums_and_grads(model: Any, batch: dict[str, Any], config: Any, kernels: Any = None) -> tuple[Any, Any]:
+    import contextlib
+
+    import torch
+
+    from simpo_plugin.lean import SequenceLogps
+
+    model.zero_grad(set_to_none=True)
+    device = next(model.parameters()).device
+    moved = {k: v.to(device) for k, v in batch.items()}
+    with kernels if kernels is not None else contextlib.nullcontext():
+        sums, lengths = SequenceLogps(config)(model, model, moved)
+    means = sums / lengths
+    means.float().sum().backward()
+    grads = torch.cat([p.grad.float().flatten() for p in model.parameters() if p.grad is not None])
+    return means.detach().float().cpu(), grads.cpu()
+
+
+def part_exact(check: Check) -> None:
+    import copy
+
+    import torch
+
+    from simpo_plugin.lean import LeanConfig
+
+    device, dtype = device_and_dtype(check.dry_run)
+    model = _model(device, torch.float32, check.dry_run)
+    batch = _batch(check.dry_run, model.config.vocab_size)
+    plain = LeanConfig(lean_logps=False, prefix_sharing=False, attention_route=False)
+    ref_means, ref_grads = _sums_and_grads(model, batch, plain)
+    model = copy.deepcopy(model).to(dtype)
+    paths = {
+        "plain": plain,
+        "default (route, shared prompts, lean head)": LeanConfig(),
+        "dense rows (route off)": LeanConfig(attention_route=False),
+        "padding-free (route off)": LeanConfig(padding_free=True, attention_route=False),
+    }
+    errors = {}
+    for name, config in paths.items():
+        means, grads = _sums_and_grads(model, batch, config)
+        e_seq = (means - ref_means).abs().max().item()
+        e_grad = ((grads - ref_grads).norm() / ref_grads.norm()).item()
+        errors[name] = (e_seq, e_grad)
+    floor = (0.02, 0.03) if dtype == torch.bfloat16 else (1e-4, 1e-4)
+    base = errors["plain"]
+    for name, (e_seq, e_grad) in errors.items():
+        ok = e_seq <= max(2 * base[0], floor[0]) and e_grad <= max(1.5 * base[1], floor[1])
+        numbers = f"e_seq {e_seq:.2e}, e_grad {e_grad:.2e} (plain in this dtype: {base[0]:.2e}, {base[1]:.2e})"
+        check.add("exact", f"{name}, {str(dtype).split('.')[-1]}", "PASS" if ok else "FAIL", numbers)
+    if device.type != "cuda":
+        check.add("exact", "route under flash / mem-efficient / cuDNN SDPA only", "SKIP", "CUDA only")
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    fast = sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION])
+    try:
+        means, _ = _sums_and_grads(model, batch, LeanConfig(), kernels=fast)
+        e_seq = (means - ref_means).abs().max().item()
+        check.add("exact", "route under flash / mem-efficient / cuDNN SDPA only", "PASS", f"e_seq {e_seq:.2e}")
+    except RuntimeError as exc:
+        check.add("exact", "route under flash / mem-efficient / cuDNN SDPA only", "FINDING", str(exc)[:200])
+
+
+def part_syncs(check: Check) -> None:
+    import warnings
+
+    import torch
+
+    from simpo_plugin.lean import LeanConfig, SequenceLogps
+
+    device, dtype = device_and_dtype(check.dry_run)
+    model = _model(device, dtype, check.dry_run)
+    batch = _batch(check.dry_run, model.config.vocab_size)
+    forward = SequenceLogps(LeanConfig())
+    plan = forward.plan_for(model)
+    started = time.perf_counter()
+    prepared = plan.build(**batch)  # what the collator does, on the CPU
+    layout_s = time.perf_counter() - started
+    if device.type == "cuda":
+        prepared = prepared.pin_memory()
+
+    def step() -> None:
+        moved = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        sums, lengths = forward(model, model, moved, prepared)
+        (sums / lengths).sum().backward()
+
+    step()  # step 1: the one-time lean check
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    if device.type != "cuda":
+        for _ in range(3):
+            step()
+        step_s = (time.perf_counter() - started) / 3
+        check.add("syncs", "host syncs per step", "SKIP", "CUDA only (tests/test_syncs.py counts them on the CPU)")
+    else:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                for _ in range(3):
+                    step()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+            torch.cuda.synchronize()
+        step_s = (time.perf_counter() - started) / 3
+        syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
+        verdict = "PASS" if not syncs else "FINDING"
+        check.add("syncs", "host syncs per step (default path, layout from the CPU)", verdict,
+                  f"{len(syncs) / 3:.1f} per step" + (f"; first: {syncs[0][:120]}" if syncs else ""))  # fmt: skip
+    check.add("syncs", "layout on the CPU vs one forward + backward", "PASS",
+              f"layout {layout_s * 1e3:.1f} ms, step {step_s * 1e3:.1f} ms ({layout_s / step_s:.2f}x)")  # fmt: skip
+
+
+def part_cli(check: Check) -> None:
+    import importlib.util
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from simpo_plugin.testing import build_demo_assets, build_tiny_reward_model
+
+    work = check.out / "cli"
+    assets = build_demo_assets(work / "assets")
+    build_tiny_reward_model(work / "rm", AutoTokenizer.from_pretrained(assets["model"]), seed=3)
+    gpu = torch.cuda.is_available() and not check.dry_run
+    liger = importlib.util.find_spec("liger_kernel") is not None
+    config = {
+        "model_name_or_path": str(assets["model"]), "stage": "simpo", "do_train": True, "finetuning_type": "full",
+        "dataset": "simpo_synthetic", "dataset_dir": str(assets["dataset_dir"]), "template": "default",
+        "cutoff_len": 128, "output_dir": str(work / "out"), "overwrite_output_dir": True, "max_steps": 2,
+        "per_device_train_batch_size": 4, "learning_rate": 1e-3, "logging_steps": 1, "save_strategy": "no",
+        "report_to": "none", "deepspeed": str(ROOT / "examples" / "deepspeed" / "ds_z3_config.json"),
+        "simpo_probe_steps": 1, "simpo_probe_prompts": 4, "simpo_probe_max_new_tokens": 8,
+        "simpo_probe_reward_model": str(work / "rm"), "simpo_probe_judge": str(assets["model"]),
+        "bf16": gpu, "enable_liger_kernel": liger and gpu,
+    }  # fmt: skip
+    import yaml
+
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    env = dict(os.environ, FORCE_TORCHRUN="1", NPROC_PER_NODE="1")
+    cli = Path(sys.executable).with_name("llamafactory-cli")
+    started = time.monotonic()
+    result = subprocess.run([str(cli), "train", str(work / "config.yaml")], env=env, capture_output=True, text=True,
+                            timeout=max(60, int(check.left())))  # fmt: skip
+    (work / "log.txt").write_text(result.stdout + result.stderr)
+    seconds = time.monotonic() - started
+    label = (
+        "ZeRO-3 + probes (reward model, judge)" + (" + bf16" if gpu else "") + (" + Liger" if liger and gpu else "")
+    )
+    if result.returncode != 0:
+        check.add("cli", label, "FAIL", f"exit {result.returncode}: {(result.stderr or result.stdout)[-300:]}")
+        return
+    history = json.loads((work / "out" / "trainer_state.json").read_text())["log_history"]
+    probes = [e for e in history if "probe/length" in e]
+    lines = [line for line in (result.stdout + result.stderr).splitlines()
+             if "simpo-plugin:" in line and "simpo-plugin: hint:" not in line]  # fmt: skip
+    scored = all("probe/reward" in e and "probe/judge_win_rate" in e for e in probes)
+    ok = [e["step"] for e in probes] == [0, 1, 2] and scored and not lines
+    check.add("cli", label, "PASS" if ok else "FAIL",
+              f"{seconds:.0f} s; probes at {[e['step'] for e in probes]}, scored and judged: {scored}"
+              + (f"; {lines[0][:200]}" if lines else ""))  # fmt: skip
+
+
+def part_bench(check: Check) -> None:
+    work = check.out / "bench"
+    work.mkdir(parents=True, exist_ok=True)
+    if check.dry_run:
+        args = ["--quick", "--no-profile", "--idle-wait", "0", "--retries", "0"]
+    else:
+        args = ["--model-shape", "1b", "--dtype", "bf16", "--lengths", "real", "--cutoff-len", "2048",
+                "--batch-size", "8", "--warmup-steps", "2", "--batches", "3", "--repeats", "1"]  # fmt: skip
+    command = [sys.executable, str(HERE / "bench_step.py"), *args, "--impls", "plugin", "host",
+               "--workdir", str(work), "--json", str(work / "bench.json")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=max(60, int(check.left())))
+    (work / "log.txt").write_text(result.stdout + result.stderr)
+    if not (work / "bench.json").exists():
+        check.add("bench", "plugin vs host's SimPO", "FAIL", f"exit {result.returncode}: {result.stderr[-300:]}")
+        return
+    results = json.loads((work / "bench.json").read_text())["results"]
+    for vocab in sorted({r["vocab"] for r in results}):
+        rows = {r["impl"]: r for r in results if r["vocab"] == vocab}
+        plugin, host = rows.get("plugin"), rows.get("host")
+        if not (plugin and host):
+            check.add("bench", f"vocab {vocab}", "FAIL", "a row is missing")
+            continue
+        speed = plugin["tps_best"] / host["tps_best"]
+        gib = 2**30
+        numbers = (
+            f"{plugin['tps_best']:.0f} vs {host['tps_best']:.0f} tok/s ({speed:.2f}x), peak "
+            f"{plugin['peak'] / gib:.2f} vs {host['peak'] / gib:.2f} GiB ({plugin['peak'] / host['peak']:.2f}x, "
+            f"{plugin['memory_kind']}); loss@1 {plugin['loss1']:.6f} vs {host['loss1']:.6f}"
+        )
+        check.add("bench", f"plugin vs host's SimPO, vocab {vocab}", "PASS" if result.returncode == 0 else "FAIL",
+                  numbers)  # fmt: skip
+
+
+PARTS = {"setup": part_setup, "exact": part_exact, "syncs": part_syncs, "cli": part_cli, "bench": part_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="gpu-check-out", help="everything the check writes goes here")
+    parser.add_argument("--cpu-dry-run", action="store_true", help="the parts that run on the CPU, tiny shapes")
+    parser.add_argument("--deadline", type=float, default=480.0, help="seconds for all parts (default 8 min)")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of: {', '.join(PARTS)}")
+    args = parser.parse_args(argv)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    check = Check(out, args.cpu_dry_run, args.deadline)
+    wanted = [part.strip() for part in args.parts.split(",") if part.strip()]
+    unknown = sorted(set(wanted) - set(PARTS))
+    if unknown:
+        parser.error(f"unknown part(s) {', '.join(unknown)}; the parts are {', '.join(PARTS)}")
+    for name in wanted:
+        if check.left() < BUDGETS[name]:
+            check.add(
+                name, "(whole part)", "SKIP", f"{check.left():.0f} s left of the deadline, needs ~{BUDGETS[name]} s"
+            )
+            continue
+        started = time.monotonic()
+        try:
+            PARTS[name](check)
+        except Exception as exc:  # a part that crashes is a FAIL with its cause; the next part still runs
+            (out / f"{name}.traceback.txt").write_text(traceback.format_exc())
+            check.add(name, "(whole part)", "FAIL", f"{type(exc).__name__}: {str(exc)[:300]}")
+        print(f"[{name}] {time.monotonic() - started:.0f} s", flush=True)
+    table = check.table()
+    (out / "table.md").write_text(table + "\n")
+    (out / "results.json").write_text(json.dumps([asdict(r) for r in check.rows], indent=1))
+    print("\n" + table)
+    return 1 if any(r.verdict == "FAIL" for r in check.rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

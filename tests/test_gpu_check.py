@@ -1,0 +1,31 @@
+"""The GPU check's dry run: `benchmarks/gpu_check.sh --cpu-dry-run` runs every part that can run on the CPU (tiny
+shapes), through the same script and, where `make gpu-wheelhouse` filled .whl/ (CI does), from the wheelhouse
+installed without a network: neither the script nor the wheel list can rot unseen between GPU sessions."""
+
+import json
+import subprocess
+from pathlib import Path
+
+from conftest import cli_env
+
+
+ROOT = Path(__file__).resolve().parents[1]
+CUDA_ONLY = {("exact", "route under flash / mem-efficient / cuDNN SDPA only"), ("syncs", "host syncs per step")}
+
+
+def test_the_dry_run_passes_every_part_that_runs_on_the_cpu(tmp_path) -> None:
+    result = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu-dry-run", "--out",
+                             str(tmp_path), "--deadline", "900"], cwd=ROOT, env=cli_env(), capture_output=True,
+                            text=True, timeout=1200)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    wheelhouse = sorted((ROOT / ".whl").glob("*.whl"))
+    if wheelhouse:  # installed from it, offline, and what runs is what it holds
+        assert "wheels from .whl/ without a network" in result.stdout
+        assert (tmp_path / "venv" / "bin" / "llamafactory-cli").exists()
+    rows = json.loads((tmp_path / "results.json").read_text())
+    verdicts = {(row["part"], row["check"]): row["verdict"] for row in rows}
+    assert {part for part, _ in verdicts} == {"setup", "exact", "syncs", "cli", "bench"}
+    assert {key for key, verdict in verdicts.items() if verdict == "SKIP"} == CUDA_ONLY
+    assert all(verdict == "PASS" for key, verdict in verdicts.items() if key not in CUDA_ONLY), verdicts
+    assert sum(part == "exact" for part, _ in verdicts) == 5
+    assert (tmp_path / "table.md").read_text().startswith("| part | check | verdict | numbers |")
