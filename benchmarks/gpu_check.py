@@ -103,10 +103,8 @@ def part_setup(check: Check) -> None:
 
 def _model(device: Any, dtype: Any, dry_run: bool, seed: int = 0) -> Any:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    sys.path.insert(0, str(HERE))
     from bench_setup import SHAPES
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     shape = dict(SHAPES["tiny"] if dry_run else SHAPES["1b"])
     if not dry_run:
@@ -118,7 +116,6 @@ def _model(device: Any, dtype: Any, dry_run: bool, seed: int = 0) -> Any:
 
 
 def _batch(dry_run: bool, vocab: int) -> dict[str, Any]:
-    sys.path.insert(0, str(HERE))
     from layout_cost import collated
 
     batch = collated(4, 24, 32) if dry_run else collated(8, 256, 384)

@@ -17,14 +17,25 @@ def agreed(local: int | bool, device: Any, op: str = "min") -> int:
     """
     import torch  # here: the CLI's light commands import this module's callers without torch
 
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return int(local)
-    if torch.distributed.get_world_size() == 1:
+    if alone():
         return int(local)
     flag = torch.tensor([int(local)], dtype=torch.int64, device=device)
-    reduce = {"min": torch.distributed.ReduceOp.MIN, "max": torch.distributed.ReduceOp.MAX}[op]
-    torch.distributed.all_reduce(flag, op=reduce)
+    torch.distributed.all_reduce(flag, op=_reduce_op(op))
     return int(flag.item())
+
+
+def alone() -> bool:
+    """Whether this process decides alone: no process group is initialized, or it has one rank."""
+    import torch
+
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return not distributed or torch.distributed.get_world_size() == 1
+
+
+def _reduce_op(op: str) -> Any:
+    import torch
+
+    return {"min": torch.distributed.ReduceOp.MIN, "max": torch.distributed.ReduceOp.MAX}[op]
 
 
 class Later:
@@ -52,11 +63,6 @@ class Later:
         else:
             self._host = tensor.to("cpu")
 
-    @property
-    def ready(self) -> bool:
-        """Whether :meth:`value` is free now: a host tensor that no collective still writes."""
-        return self._work is None and self._event is None and self._host.device.type == "cpu"
-
     def value(self) -> int | float | bool:
         """The tensor's value as a Python number (a read of host memory once the copy is done)."""
         if self._work is not None:
@@ -72,10 +78,7 @@ def agreed_later(local: int | bool, device: Any, op: str = "min") -> Later:
     :meth:`Later.value` (a step later). Every rank must read it, in the same order as it posted it."""
     import torch
 
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return Later(torch.tensor([int(local)], dtype=torch.int64))
-    if torch.distributed.get_world_size() == 1:
+    if alone():
         return Later(torch.tensor([int(local)], dtype=torch.int64))
     flag = torch.full((1,), int(local), dtype=torch.int64, device=device)
-    reduce = {"min": torch.distributed.ReduceOp.MIN, "max": torch.distributed.ReduceOp.MAX}[op]
-    return Later(flag, torch.distributed.all_reduce(flag, op=reduce, async_op=True))
+    return Later(flag, torch.distributed.all_reduce(flag, op=_reduce_op(op), async_op=True))

@@ -28,7 +28,7 @@ from transformers import TrainerCallback
 from ..errors import FeatureUnavailable, describe
 from ..ranks import agreed
 from .checks import dropped, passes
-from .gathering import whole_for_generation
+from .gathering import outside_zero3, whole_for_generation
 from .metrics import Generated, repeat_rate, summarize, text_units
 from .sampling import HFSampler
 
@@ -130,7 +130,6 @@ class GenerationProbe(TrainerCallback):
         if self.reference_texts is None:
             return [0.5 if i < self.probed else None for i in indices]
         if self.judge is None:
-            from .gathering import outside_zero3
             from .judges import load_judge
 
             with outside_zero3():
@@ -155,7 +154,6 @@ class GenerationProbe(TrainerCallback):
         if self.settings.scorer is None:
             return None
         if self.scorer is None:
-            from .gathering import outside_zero3
             from .scorers import load_scorer
 
             with outside_zero3():

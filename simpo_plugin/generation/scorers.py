@@ -85,12 +85,12 @@ class FunctionScorer:
 
 def _device_and_dtype(device: Any = None) -> tuple[torch.device, torch.dtype]:
     """``device`` (default: the current CUDA device, else the CPU) and the dtype a reward model runs in there."""
-    device = torch.device(device) if device is not None else None
-    if device is None and torch.cuda.is_available():
-        device = torch.device("cuda", torch.cuda.current_device())
-    if device is not None and device.type == "cuda":
+    if device is None:
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda":
         return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return device or torch.device("cpu"), torch.float32
+    return device, torch.float32
 
 
 class ClassifierScorer:

@@ -327,14 +327,12 @@ def register_routes() -> None:
 def install_route(model: nn.Module) -> bool:
     """Point ``model`` (the unwrapped one) at the route of its attention implementation; False if it has none
     (another implementation, or flash-attn < 2.1, whose causal mask is aligned top-left)."""
-    config = model.config
-    current = getattr(config, "_attn_implementation", None)
-    if current in ROUTES.values():
-        return True
     if not route_available(model):
         return False
-    register_routes()
-    config._attn_implementation = ROUTES[current]
+    current = getattr(model.config, "_attn_implementation", None)
+    if current in ROUTES:  # not routed yet
+        register_routes()
+        model.config._attn_implementation = ROUTES[current]
     return True
 
 

@@ -50,11 +50,11 @@ class PairLayout:
     targets: Tensor  # (N,) the response tokens
     sequence_ids: Tensor  # (N,) pair i's chosen response -> i, its rejected response -> num_pairs + i
     num_pairs: int
+    sequence_lengths: Tensor  # (2B,) response tokens per sequence, chosen first
     segments: Segments | None = None  # the block route's description of a packed row's attention
     # flash-attention's sequence boundaries of a packed row (``cu_seq_lens_q/k``, ``max_length_q/k``): forward
     # kwargs computed once per batch, so no layer derives them from position ids (a host sync per layer)
     varlen_kwargs: dict[str, Tensor | int] | None = None
-    sequence_lengths: Tensor | None = None  # (2B,) response tokens per sequence, chosen first
     empty_responses: int | None = None  # sequences without a response token; None: not counted (it takes a sync)
     plan: "LayoutPlan | None" = None  # what built it
 
@@ -64,9 +64,7 @@ class PairLayout:
 
     def lengths(self) -> Tensor:
         """(2B,) response lengths in tokens, chosen first."""
-        if self.sequence_lengths is not None:
-            return self.sequence_lengths
-        return torch.bincount(self.sequence_ids, minlength=2 * self.num_pairs)
+        return self.sequence_lengths
 
     def _map(self, move: Any) -> "PairLayout":
         changes: dict[str, Any] = {}

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from ..ranks import Later, agreed_later
+from ..ranks import Later, agreed_later, alone
 
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -83,28 +83,19 @@ class PreemptionGuard(TrainerCallback):
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Over several ranks, post the request as the step starts: the all-reduce is done long before the step
         ends, where it is read, so the agreement costs no wait for the device."""
-        posted = agreed_later(self.request.signum or 0, args.device, op="max")
-        self._pending = None if posted.ready else posted
+        self._pending = None if alone() else agreed_later(self.request.signum or 0, args.device, op="max")
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Stop after this step if a rank asked: one process reads its request now; several ranks read what they
         agreed when the step began (a request that comes during a step is agreed as the next one begins)."""
         if self._pending is None:
-            signum = agreed_later(self.request.signum or 0, args.device, op="max").value() if self._alone() else 0
+            signum = (self.request.signum or 0) if alone() else 0
         else:
             signum, self._pending = self._pending.value(), None
         if signum and self.stopped is None:
             self.stopped = (state.global_step, signum)
             control.should_save = True
             control.should_training_stop = True
-
-    @staticmethod
-    def _alone() -> bool:
-        import torch
-
-        return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
-            torch.distributed.get_world_size() == 1
-        )
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self._pending is not None:  # every rank posted it: every rank completes it
