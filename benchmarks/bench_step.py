@@ -73,6 +73,9 @@ class Probe:
     vocab_size: int = 0
     shares: dict[str, float] = field(default_factory=dict)  # attention / body / head share of the profiled step
     before_profile: Any = None  # called once before the profiled step: saves the timings in case it runs out of memory
+    params: int = 0  # the model's parameters (MFU's N)
+    reserved: int = 0  # bytes, CUDA max_memory_reserved over all steps (what the caching allocator held)
+    syncs: int = -1  # CUDA host syncs in the profiled step (torch.cuda.set_sync_debug_mode), -1: not counted
 
 
 class Memory:
@@ -140,6 +143,8 @@ def make_callback(probe: Probe) -> Any:
     class StepProbe(TrainerCallback):
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             synchronize(probe.device)
+            model = kwargs.get("model")
+            probe.params = sum(p.numel() for p in model.parameters()) if model is not None else 0
             probe.start_memory = memory.current()
             memory.reset()
 
@@ -153,22 +158,55 @@ def make_callback(probe: Probe) -> Any:
                 if probe.before_profile is not None:
                     probe.before_profile()
                 self._profiler = start_profiler(probe.device)
+                self._syncs = SyncCount(probe.device)
             self._start, self._cpu = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             synchronize(probe.device)
             if self._profiler is not None:  # the profiled step counts neither for time nor for memory
                 self._profiler.stop()
+                probe.syncs = self._syncs.stop()
                 probe.shares = time_shares(self._profiler, probe.vocab_size, probe.device)
                 return
             probe.step_times.append(time.perf_counter() - self._start)
             probe.step_cpu.append(time.process_time() - self._cpu)
+            if probe.device == "cuda":
+                import torch
+
+                probe.reserved = max(probe.reserved, torch.cuda.max_memory_reserved())
             if state.global_step <= probe.warmup_steps:
                 probe.peak_warmup = max(probe.peak_warmup, memory.peak())
             else:
                 probe.peak_timed = max(probe.peak_timed, memory.peak())
 
     return StepProbe()
+
+
+class SyncCount:
+    """Counts CUDA host syncs from construction to :meth:`stop` (``torch.cuda.set_sync_debug_mode("warn")``)."""
+
+    def __init__(self, device: str) -> None:
+        import warnings
+
+        self.device = device
+        if device != "cuda":
+            return
+        import torch
+
+        self._caught = warnings.catch_warnings(record=True)
+        self._records = self._caught.__enter__()
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+
+    def stop(self) -> int:
+        """The syncs counted (-1 off CUDA, where the debug mode does not exist)."""
+        if self.device != "cuda":
+            return -1
+        import torch
+
+        torch.cuda.set_sync_debug_mode("default")
+        self._caught.__exit__(None, None, None)
+        return sum("synchroniz" in str(w.message) for w in self._records)
 
 
 ATTENTION_OPS = ("scaled_dot_product", "flash_attention", "efficient_attention", "flex_attention")
@@ -355,6 +393,9 @@ def write_result(spec: WorkerSpec, probe: Probe, device: str) -> None:
         "peak": max(probe.peak_warmup, probe.peak_timed),
         "start_memory": probe.start_memory,
         "memory_kind": "cuda max_memory_allocated" if device == "cuda" else "peak RSS (VmHWM)",
+        "reserved": probe.reserved,
+        "params": probe.params,
+        "syncs": probe.syncs,
         "efficiency": sum(s[2] for s in steps) / sum(s[1] for s in steps),
     }
     Path(spec.result_path).write_text(json.dumps(result, indent=1))

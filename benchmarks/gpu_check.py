@@ -5,11 +5,13 @@ that can run on the CPU, on tiny shapes, so CI proves the script does not rot. P
 skipped (and listed as such) when the global deadline no longer leaves its budget:
 
 - ``setup``: versions, the device, the ``simpo`` stage registered with the host.
-- ``exact``: one batch through the plain path in fp32 (the reference) and, in the run's dtype (bf16 on a GPU),
-  through the plain path, the default (block route, shared prompts, lean head), dense rows and padding-free
-  rows: the error of each sequence's mean log-prob and of the gradients against the reference; on a GPU also
-  the route under SDPA's flash / memory-efficient / cuDNN kernels only (a FINDING if a segment needs the math
-  kernel).
+- ``exact`` (``gpu_exact.py``): one batch through the plain path in fp32 (the reference) and, in the run's dtype
+  (bf16 on a GPU), through the plain path and each fast path: every layout, fp32 weights under bf16 autocast,
+  LoRA, QLoRA, Liger, a sliding-window Mistral on sdpa and eager, flash-attention 2 where it imports, the route
+  under SDPA's fused kernels only. The error of each sequence's mean log-prob and of the gradients.
+- ``zero3`` (``gpu_zero3.py`` under ``torchrun``, one process): the default path on a ZeRO-3-partitioned model,
+  per DeepSpeed configuration (``overlap_comm`` and prefetch, reuse distance 0, ``offload_param``, LoRA) against
+  no ZeRO; the head released after each backward; a probe's answers gathered once vs partitioned, and their time.
 - ``syncs``: three steps of the default path with the layout built on the CPU as the collator builds it, under
   ``torch.cuda.set_sync_debug_mode("warn")``: host syncs per step (CUDA only; ``tests/test_syncs.py`` counts them
   on the CPU), and what the layout costs on the CPU against the step.
@@ -17,7 +19,9 @@ skipped (and listed as such) when the global deadline no longer leaves its budge
   a reward model and judged by an LLM judge, bf16 and Liger where they exist: exit 0, probes at every step, no
   warning from the plugin.
 - ``bench``: ``bench_step.py`` against the host's built-in SimPO (Llama-3.2-1B's shape, cutoff 2048, 8 pairs,
-  bf16, gradient checkpointing on a GPU; the tiny shape in the dry run): tokens/s and peak memory ratios.
+  bf16, gradient checkpointing on a GPU; the tiny shape in the dry run): tokens/s and their ratio, MFU (6 N
+  tokens/s over the GPU's dense bf16 peak), ``max_memory_allocated`` and ``max_memory_reserved``, host syncs in
+  one step.
 
 Writes ``OUT/results.json`` and ``OUT/table.md``; prints the table. Exit 1 if a part FAILs.
 """
@@ -31,12 +35,14 @@ import time
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+
+from gpu_exact import batch_for, device_and_dtype, model_for, part_exact
 
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-BUDGETS = {"setup": 30, "exact": 70, "syncs": 40, "cli": 100, "bench": 180}  # seconds each part may take
+BUDGETS = {"setup": 30, "exact": 70, "zero3": 60, "syncs": 30, "cli": 90, "bench": 170}  # seconds each part may take
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}  # dense, per GPU
 
 
 @dataclass
@@ -66,14 +72,6 @@ class Check:
         return "\n".join(lines)
 
 
-def device_and_dtype(dry_run: bool) -> tuple[Any, Any]:
-    import torch
-
-    if torch.cuda.is_available() and not dry_run:
-        return torch.device("cuda"), torch.bfloat16
-    return torch.device("cpu"), torch.float32
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Parts
 # ----------------------------------------------------------------------------------------------------------------
@@ -101,88 +99,24 @@ def part_setup(check: Check) -> None:
     check.add("setup", "stage `simpo` registered", "PASS" if "simpo" in REGISTRY else "FAIL")
 
 
-def _model(device: Any, dtype: Any, dry_run: bool, seed: int = 0) -> Any:
-    import torch
-    from bench_setup import SHAPES
-    from transformers import LlamaConfig, LlamaForCausalLM
+def part_zero3(check: Check) -> None:
+    import socket
 
-    shape = dict(SHAPES["tiny"] if dry_run else SHAPES["1b"])
-    if not dry_run:
-        shape["num_hidden_layers"] = 4  # the 1b shape's layers, four of them: exact checks need no depth
-    vocab = 1024 if dry_run else 128256
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab, attn_implementation="sdpa", **shape)
-    return LlamaForCausalLM(config).to(device=device, dtype=dtype)
-
-
-def _batch(dry_run: bool, vocab: int) -> dict[str, Any]:
-    from layout_cost import collated
-
-    batch = collated(4, 24, 32) if dry_run else collated(8, 256, 384)
-    return {k: v.clamp(max=vocab - 1) if k != "attention_mask" else v for k, v in batch.items()}
-
-
-def _sums_and_grads(model: Any, batch: dict[str, Any], config: Any, kernels: Any = None) -> tuple[Any, Any]:
-    import contextlib
-
-    import torch
-
-    from simpo_plugin.lean import SequenceLogps
-
-    model.zero_grad(set_to_none=True)
-    device = next(model.parameters()).device
-    moved = {k: v.to(device) for k, v in batch.items()}
-    with kernels if kernels is not None else contextlib.nullcontext():
-        sums, lengths = SequenceLogps(config)(model, model, moved)
-    means = sums / lengths
-    means.float().sum().backward()
-    grads = torch.cat([p.grad.float().flatten() for p in model.parameters() if p.grad is not None])
-    return means.detach().float().cpu(), grads.cpu()
-
-
-def part_exact(check: Check) -> None:
-    import copy
-
-    import torch
-
-    from simpo_plugin.lean import LeanConfig
-
-    device, dtype = device_and_dtype(check.dry_run)
-    model = _model(device, torch.float32, check.dry_run)
-    batch = _batch(check.dry_run, model.config.vocab_size)
-    plain = LeanConfig(lean_logps=False, prefix_sharing=False, attention_route=False)
-    ref_means, ref_grads = _sums_and_grads(model, batch, plain)
-    model = copy.deepcopy(model).to(dtype)
-    paths = {
-        "plain": plain,
-        "default (route, shared prompts, lean head)": LeanConfig(),
-        "dense rows (route off)": LeanConfig(attention_route=False),
-        "padding-free (route off)": LeanConfig(padding_free=True, attention_route=False),
-    }
-    errors = {}
-    for name, config in paths.items():
-        means, grads = _sums_and_grads(model, batch, config)
-        e_seq = (means - ref_means).abs().max().item()
-        e_grad = ((grads - ref_grads).norm() / ref_grads.norm()).item()
-        errors[name] = (e_seq, e_grad)
-    floor = (0.02, 0.03) if dtype == torch.bfloat16 else (1e-4, 1e-4)
-    base = errors["plain"]
-    for name, (e_seq, e_grad) in errors.items():
-        ok = e_seq <= max(2 * base[0], floor[0]) and e_grad <= max(1.5 * base[1], floor[1])
-        numbers = f"e_seq {e_seq:.2e}, e_grad {e_grad:.2e} (plain in this dtype: {base[0]:.2e}, {base[1]:.2e})"
-        check.add("exact", f"{name}, {str(dtype).split('.')[-1]}", "PASS" if ok else "FAIL", numbers)
-    if device.type != "cuda":
-        check.add("exact", "route under flash / mem-efficient / cuDNN SDPA only", "SKIP", "CUDA only")
+    with socket.socket() as sock:  # a free port for this one-process group
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = check.out / "zero3.json"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", str(port),
+               str(HERE / "gpu_zero3.py"), str(out)]  # fmt: skip
+    command += ["--dry-run"] if check.dry_run else []
+    result = subprocess.run(command, cwd=HERE, capture_output=True, text=True, timeout=max(60, int(check.left())),
+                            env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")))  # fmt: skip
+    (check.out / "zero3.log").write_text(result.stdout + result.stderr)
+    if result.returncode != 0 or not out.exists():
+        check.add("zero3", "(whole part)", "FAIL", f"exit {result.returncode}: {result.stderr[-300:]}")
         return
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    fast = sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION])
-    try:
-        means, _ = _sums_and_grads(model, batch, LeanConfig(), kernels=fast)
-        e_seq = (means - ref_means).abs().max().item()
-        check.add("exact", "route under flash / mem-efficient / cuDNN SDPA only", "PASS", f"e_seq {e_seq:.2e}")
-    except RuntimeError as exc:
-        check.add("exact", "route under flash / mem-efficient / cuDNN SDPA only", "FINDING", str(exc)[:200])
+    for row in json.loads(out.read_text()):
+        check.add(**row)
 
 
 def part_syncs(check: Check) -> None:
@@ -193,8 +127,8 @@ def part_syncs(check: Check) -> None:
     from simpo_plugin.lean import LeanConfig, SequenceLogps
 
     device, dtype = device_and_dtype(check.dry_run)
-    model = _model(device, dtype, check.dry_run)
-    batch = _batch(check.dry_run, model.config.vocab_size)
+    model = model_for(check.dry_run, device, dtype)
+    batch = batch_for(check.dry_run, model.config.vocab_size)
     forward = SequenceLogps(LeanConfig())
     plan = forward.plan_for(model)
     started = time.perf_counter()
@@ -315,11 +249,26 @@ def part_bench(check: Check) -> None:
             f"{plugin['peak'] / gib:.2f} vs {host['peak'] / gib:.2f} GiB ({plugin['peak'] / host['peak']:.2f}x, "
             f"{plugin['memory_kind']}); loss@1 {plugin['loss1']:.6f} vs {host['loss1']:.6f}"
         )
+        peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in plugin["device"]), None)
+        if peak and plugin.get("params"):
+            mfu = [6 * r["params"] * r["tps_best"] / peak for r in (plugin, host)]
+            numbers += f"; MFU {mfu[0]:.1%} vs {mfu[1]:.1%}"
+        if plugin.get("reserved"):
+            numbers += f"; reserved {plugin['reserved'] / gib:.2f} vs {host['reserved'] / gib:.2f} GiB"
+        if plugin.get("syncs", -1) >= 0:
+            numbers += f"; host syncs in a step {plugin['syncs']} vs {host['syncs']}"
         check.add("bench", f"plugin vs host's SimPO, vocab {vocab}", "PASS" if result.returncode == 0 else "FAIL",
                   numbers)  # fmt: skip
 
 
-PARTS = {"setup": part_setup, "exact": part_exact, "syncs": part_syncs, "cli": part_cli, "bench": part_bench}
+PARTS = {
+    "setup": part_setup,
+    "exact": part_exact,
+    "zero3": part_zero3,
+    "syncs": part_syncs,
+    "cli": part_cli,
+    "bench": part_bench,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

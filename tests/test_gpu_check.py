@@ -10,7 +10,13 @@ from conftest import cli_env
 
 
 ROOT = Path(__file__).resolve().parents[1]
-CUDA_ONLY = {("exact", "route under flash / mem-efficient / cuDNN SDPA only"), ("syncs", "host syncs per step")}
+CUDA_ONLY = {  # each row a CPU cannot run: SKIP, with its reason
+    ("exact", "route under flash / mem-efficient / cuDNN SDPA only"),
+    ("exact", "QLoRA (4-bit nf4 base, bf16 compute): default"),
+    ("exact", "Liger (RMSNorm, RoPE, SwiGLU as under stage: simpo): default"),
+    ("exact", "flash-attention 2: padding-free"),
+    ("syncs", "host syncs per step"),
+}
 
 
 def test_the_dry_run_passes_every_part_that_runs_on_the_cpu(tmp_path) -> None:
@@ -24,8 +30,12 @@ def test_the_dry_run_passes_every_part_that_runs_on_the_cpu(tmp_path) -> None:
         assert (tmp_path / "venv" / "bin" / "llamafactory-cli").exists()
     rows = json.loads((tmp_path / "results.json").read_text())
     verdicts = {(row["part"], row["check"]): row["verdict"] for row in rows}
-    assert {part for part, _ in verdicts} == {"setup", "exact", "syncs", "cli", "bench"}
+    assert {part for part, _ in verdicts} == {"setup", "exact", "zero3", "syncs", "cli", "bench"}
     assert {key for key, verdict in verdicts.items() if verdict == "SKIP"} == CUDA_ONLY
     assert all(verdict == "PASS" for key, verdict in verdicts.items() if key not in CUDA_ONLY), verdicts
-    assert sum(part == "exact" for part, _ in verdicts) == 5
+    # llama: 3 fast paths; autocast; LoRA; sliding window: 2 paths x sdpa/eager; and the 4 CUDA-only rows
+    assert sum(part == "exact" for part, _ in verdicts) == 13
+    # 5 DeepSpeed configurations and the probe gathered once vs partitioned
+    assert sum(part == "zero3" for part, _ in verdicts) == 6
+    assert any(check.startswith("probe:") for part, check in verdicts if part == "zero3")
     assert (tmp_path / "table.md").read_text().startswith("| part | check | verdict | numbers |")
