@@ -58,8 +58,8 @@ def pairs(config: dict, workdir: Path) -> tuple[float, float, float, float]:
 
 def start_servers(stack: ExitStack, count: int, args: argparse.Namespace, logs: Path,
                   invariant: bool) -> tuple[list[str], float]:  # fmt: skip
-    from simpo_plugin.generation.server import wait_for_servers
-    from simpo_plugin.generation.serving import ManagedServer
+    from simpo_plugin.sampling.managed import ManagedServer
+    from simpo_plugin.sampling.server import wait_for_servers
 
     seqs = 1 if invariant else 32
     command = SERVE.format(threads=args.threads, python=args.vllm_python, seqs=seqs) + (INVARIANT if invariant else "")

@@ -11,7 +11,7 @@ it, then one variation each: ``overlap_comm`` with a small prefetch bucket, ``st
 - the head's weight released (``NOT_AVAILABLE``) after the backward, and on CUDA the allocated memory after the
   step within 64 MiB of before it (nothing the head gathered is kept);
 - on the first configuration, greedy generation on the partitioned model against the model gathered once
-  (``simpo_plugin.generation.gathering.whole_for_generation``, what the probes do): the same answers, and the time
+  (``simpo_plugin.train.gathering.whole_for_generation``, what the probes do): the same answers, and the time
   of each.
 
 Writes a list of rows (part, check, verdict, numbers) to OUT.json.
@@ -71,8 +71,8 @@ def run(out: Path, dry: bool) -> list[dict[str, str]]:
     from transformers import AutoModelForCausalLM
     from transformers.integrations import HfDeepSpeedConfig
 
-    from simpo_plugin.generation.gathering import whole_for_generation
     from simpo_plugin.lean import LeanConfig, SequenceLogps
+    from simpo_plugin.train.gathering import whole_for_generation
 
     rows: list[dict[str, str]] = []
 

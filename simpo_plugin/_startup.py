@@ -15,15 +15,13 @@ import sys
 
 
 HOST_PACKAGE = "llamafactory"
-_WARNED = False
 
 
 def _warn(message: str) -> None:
-    """Print at most one line per process; the plugin must never break the interpreter or the host."""
-    global _WARNED
-    if not _WARNED:
-        _WARNED = True
-        sys.stderr.write(f"simpo-plugin: {message}; set SIMPO_PLUGIN_DISABLE=1 to silence this\n")
+    """One warning line per process (:func:`simpo_plugin.notice.warn_once`, imported only when needed)."""
+    from simpo_plugin.notice import warn_once
+
+    warn_once(message)
 
 
 def _hand_over() -> None:

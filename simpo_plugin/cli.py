@@ -64,7 +64,8 @@ def read_config(argv: list[str]) -> dict[str, Any]:
 
 
 def command_help(name: str) -> str:
-    from .generation import EvalArguments, PairsArguments
+    from .evaluation import EvalArguments
+    from .pairs import PairsArguments
 
     args_class = {"pairs": PairsArguments, "eval": EvalArguments}[name]
     lines = [f"usage: simpo-plugin {name} CONFIG.yaml [key=value | --key value ...]", "", "keys:"]
@@ -82,14 +83,14 @@ def command_help(name: str) -> str:
 
 
 def run_pairs(argv: list[str]) -> int:
-    from .generation import build_pairs
+    from .pairs import build_pairs
 
     build_pairs(read_config(argv))
     return 0
 
 
 def run_eval(argv: list[str]) -> int:
-    from .generation import evaluate_models
+    from .evaluation import evaluate_models
 
     evaluate_models(read_config(argv))
     return 0

@@ -9,6 +9,11 @@ class SimPOArgumentError(ValueError):
     """A configuration error; the CLI prints it as one line, ``simpo-plugin: error: ...``, without a traceback."""
 
 
+class PairsConfigError(SimPOArgumentError):
+    """A bad ``simpo-plugin pairs`` or ``eval`` config or input (a key, a dataset row, an answers file); printed as
+    one line, exit status non-zero."""
+
+
 class RunStopped(RuntimeError):
     """A run cannot go on (its inputs are fine, a service it needs is gone); the CLI prints it as one line and
     exits with status 1. What was finished is saved and the same command resumes."""

@@ -10,7 +10,7 @@ import signal
 import sys
 
 from simpo_plugin.cli import main
-from simpo_plugin.generation.store import PartStore
+from simpo_plugin.sampling.store import PartStore
 
 
 def kill_on_append(kind: str, n: int, partial: bool) -> None:

@@ -211,8 +211,8 @@ def test_pairs_names_the_same_cause(tiny_assets, tmp_path) -> None:
     from llamafactory.data import get_template_and_fix_tokenizer
     from llamafactory.model import load_tokenizer
 
-    from simpo_plugin.generation import load_prompts
-    from simpo_plugin.generation.args import parse_pairs_args
+    from simpo_plugin.pairs.args import parse_pairs_args
+    from simpo_plugin.sampling import load_prompts
 
     config = {"model_name_or_path": str(tiny_assets["model"]), "dataset": "chats", "template": "default",
               "dataset_dir": _sharegpt(tmp_path, "chats", full_chats(4)), "reward_function": "os:getcwd",

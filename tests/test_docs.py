@@ -58,6 +58,8 @@ def test_every_config_in_the_docs_parses(where: str, config: dict) -> None:
             names = config["dataset"].split(",")
             check_registered(names, resolve_dataset_dir(names, "data"))
     else:
-        from simpo_plugin.generation.args import EvalArguments, PairsArguments, check_keys
+        from simpo_plugin.evaluation.args import EvalArguments
+        from simpo_plugin.pairs.args import PairsArguments
+        from simpo_plugin.sampling.settings import check_keys
 
         check_keys(config, EvalArguments if "models" in config else PairsArguments)

@@ -10,7 +10,7 @@ import pytest
 from conftest import base_config, cli_env, run_cli, run_command
 from pairs_cases import REWARDS, pairs_config, write_prompt_datasets
 
-from simpo_plugin.generation import evaluate_models
+from simpo_plugin.evaluation import evaluate_models
 
 
 @pytest.fixture(scope="module")

@@ -37,9 +37,10 @@ def test_every_recipe_is_covered() -> None:
 
 @pytest.mark.parametrize("name", sorted(EVALS))
 def test_eval_recipe_parses_greedy_with_the_reference_first(name: str, monkeypatch) -> None:
-    from simpo_plugin.generation.args import EvalArguments, parse_args
-    from simpo_plugin.generation.checks import load_check_set
-    from simpo_plugin.generation.scorers import check_scorer
+    from simpo_plugin.evaluation.args import EvalArguments
+    from simpo_plugin.evaluation.checks import load_check_set
+    from simpo_plugin.pairs.scorers import check_scorer
+    from simpo_plugin.sampling.settings import parse_args
 
     monkeypatch.chdir(EXAMPLES.parent)
     raw = yaml.safe_load((EXAMPLES / name).read_text())
@@ -54,8 +55,9 @@ def test_eval_recipe_parses_greedy_with_the_reference_first(name: str, monkeypat
 
 @pytest.mark.parametrize("name", sorted(PAIRS))
 def test_pairs_recipe_parses_with_the_paper_sampling(name: str, monkeypatch) -> None:
-    from simpo_plugin.generation.args import PairsConfigError, parse_pairs_args
-    from simpo_plugin.generation.scorers import check_scorer
+    from simpo_plugin.errors import PairsConfigError
+    from simpo_plugin.pairs.args import parse_pairs_args
+    from simpo_plugin.pairs.scorers import check_scorer
 
     monkeypatch.chdir(EXAMPLES.parent)  # the recipes name their files from the repository root
     raw = yaml.safe_load((EXAMPLES / name).read_text())
@@ -63,13 +65,13 @@ def test_pairs_recipe_parses_with_the_paper_sampling(name: str, monkeypatch) -> 
         # without `make vllm-env` the config is refused up front, naming the missing interpreter
         with pytest.raises(PairsConfigError, match=r"`\.venv-vllm/bin/python` does not exist \(a relative path"):
             parse_pairs_args(raw)
-        monkeypatch.setattr("simpo_plugin.generation.serving.check_command", lambda template: "")
+        monkeypatch.setattr("simpo_plugin.sampling.managed.check_command", lambda template: "")
     settings, model_args, data_args = parse_pairs_args(raw)
     assert (settings.temperature, settings.top_p) == (0.8, 0.95) and settings.num_samples >= 4
     assert (EXAMPLES.parent / data_args.dataset_dir / "dataset_info.json").is_file()
     check_scorer(settings, model_args)  # the reward function imports
     if settings.server_command:  # the command fills in and names an interpreter the Makefile makes
-        from simpo_plugin.generation.serving import split_command
+        from simpo_plugin.sampling.managed import split_command
 
         argv, env = split_command(settings.server_command, model_args.model_name_or_path, 8000)
         assert settings.resolved_backend == "server" and argv[0] == ".venv-vllm/bin/python"
@@ -101,7 +103,8 @@ def test_pairs_and_eval_load_their_models_whole_on_this_process_device(gpu: bool
     """`backend: hf` on a GPU node: one GPU per process (LOCAL_RANK's), not `device_map: auto` over all of them."""
     import llamafactory.extras.misc as misc
 
-    from simpo_plugin.generation.args import EvalArguments, parse_args
+    from simpo_plugin.evaluation.args import EvalArguments
+    from simpo_plugin.sampling.settings import parse_args
 
     if gpu:
         monkeypatch.setattr(misc, "get_current_device", lambda: torch.device("cuda", 3))

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from simpo_plugin.generation import evaluate_models
-from simpo_plugin.generation.args import PairsConfigError
-from simpo_plugin.generation.checks import dropped, load_check_set, passes, score
-from simpo_plugin.generation.judges import Judgment, LLMJudge, position_consistency
-from simpo_plugin.generation.prompts import Prompt
+from simpo_plugin.errors import PairsConfigError
+from simpo_plugin.evaluation import evaluate_models
+from simpo_plugin.evaluation.checks import dropped, load_check_set, passes, score
+from simpo_plugin.evaluation.judges import Judgment, LLMJudge, position_consistency
+from simpo_plugin.sampling.prompts import Prompt
 
 
 JUDGES = Path(__file__).with_name("judge_functions.py")

@@ -1,10 +1,12 @@
 """The package's layers and the rule between them, read from the imports (ast, nothing is run).
 
 Layers: ``lean`` (the math: forward and loss, pure torch), ``data`` (reading datasets the host's way: names, the
-bundled datasets, rows with the host's reasons), ``generation`` (sampling, scoring, pairs, probes),
-``train`` (the stage: arguments, workflow, trainer, callbacks) and ``host`` (the glue to LLaMA-Factory); at the top
-``_startup`` (what the ``.pth`` line runs), the neutral ``errors``, ``exits`` and ``ranks``, ``cli`` and
-``testing``. Every import counts, including those under ``TYPE_CHECKING`` and inside functions.
+bundled datasets, rows with the host's reasons), ``sampling`` (prompts, HF and server backends, stores), ``pairs``
+(``simpo-plugin pairs``: scorers, selection, outputs), ``evaluation`` (``simpo-plugin eval``: judges, win rates,
+checks), ``train`` (the stage: arguments, workflow, trainer, callbacks, probes) and ``host`` (the glue to
+LLaMA-Factory); at the top ``_startup`` (what the ``.pth`` line runs), the neutral ``errors``, ``exits``, ``notice``
+and ``ranks``, ``cli`` and ``testing``. Every import counts, including those under ``TYPE_CHECKING`` and inside
+functions, and no module may reach itself again through its imports (no circle).
 """
 
 import ast
@@ -18,22 +20,29 @@ import simpo_plugin
 
 
 PACKAGE = Path(simpo_plugin.__file__).resolve().parent
-LAYERS = ("lean", "data", "generation", "train", "host")
+LAYERS = ("lean", "data", "sampling", "pairs", "evaluation", "train", "host")
+COMMANDS = ("simpo_plugin.sampling", "simpo_plugin.pairs", "simpo_plugin.evaluation")
 HEAVY = ("torch", "transformers", "llamafactory", "wrapt", "gradio", "deepspeed")
 # (which modules, what they must not import, why)
 RULES = [
-    ("simpo_plugin.lean", ("simpo_plugin.train", "simpo_plugin.host", "simpo_plugin.generation", "llamafactory"),
-     "the math knows no stage, host glue, generation or LLaMA-Factory"),
-    ("simpo_plugin.generation", ("simpo_plugin.train", "simpo_plugin.host"),
-     "generation knows no stage and no host glue"),
-    ("simpo_plugin.data", ("simpo_plugin.train", "simpo_plugin.host", "simpo_plugin.generation", "simpo_plugin.lean"),
-     "reading datasets knows no stage, host glue, generation or math"),
+    ("simpo_plugin.lean", ("simpo_plugin.train", "simpo_plugin.host", *COMMANDS, "llamafactory"),
+     "the math knows no stage, host glue, sampling, pairs, evaluation or LLaMA-Factory"),
+    ("simpo_plugin.sampling", ("simpo_plugin.pairs", "simpo_plugin.evaluation", "simpo_plugin.train",
+                               "simpo_plugin.host"),
+     "sampling serves the commands and the probes and knows none of them, nor the host glue"),
+    ("simpo_plugin.pairs", ("simpo_plugin.evaluation", "simpo_plugin.train", "simpo_plugin.host"),
+     "pairs knows no evaluation, stage or host glue (evaluation uses pairs' scorers, never the other way)"),
+    ("simpo_plugin.evaluation", ("simpo_plugin.train", "simpo_plugin.host"),
+     "evaluation knows no stage and no host glue"),
+    ("simpo_plugin.data", ("simpo_plugin.train", "simpo_plugin.host", *COMMANDS, "simpo_plugin.lean"),
+     "reading datasets knows no stage, host glue, sampling, pairs, evaluation or math"),
     ("simpo_plugin.train.hparams", ("simpo_plugin.host", "gradio"), "the stage's arguments never import the web UI"),
     ("simpo_plugin.train.workflow", ("simpo_plugin.host", "gradio"), "the workflow never imports the web UI"),
     ("simpo_plugin.train.trainer", ("simpo_plugin.host", "gradio"), "the trainer never imports the web UI"),
     ("simpo_plugin._startup", HEAVY, "the .pth line runs in every interpreter: nothing heavy"),
     ("simpo_plugin.errors", ("simpo_plugin.", *HEAVY), "neutral modules depend on nothing"),
     ("simpo_plugin.exits", ("simpo_plugin.", *HEAVY), "neutral modules depend on nothing"),
+    ("simpo_plugin.notice", ("simpo_plugin.", *HEAVY), "neutral modules depend on nothing"),
     ("simpo_plugin.ranks", ("simpo_plugin.",), "neutral modules depend on nothing of the plugin (torch, lazily)"),
 ]  # fmt: skip
 
@@ -110,6 +119,61 @@ def violations(root: Path = PACKAGE) -> list[str]:
     return found
 
 
+def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
+    """Module -> the package modules it imports (``from X import y`` reaches X.y when y is a module, else X)."""
+    modules = {module_name(path, root): path for path in root.rglob("*.py")}
+    graph = {}
+    for module, path in modules.items():
+        edges = set()
+        for base, names in import_statements(path, root):
+            submodules = {f"{base}.{name}" for name in names} & modules.keys()
+            edges |= submodules
+            if (not names or len(submodules) < len(names)) and base in modules:
+                edges.add(base)
+        graph[module] = edges - {module}
+    return graph
+
+
+def circles(root: Path = PACKAGE) -> list[list[str]]:
+    """Every set of modules that import each other in a circle (strongly connected components of two or more,
+    Tarjan's algorithm without recursion); empty when there is none."""
+    graph = import_graph(root)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+    for start in sorted(graph):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        while work:
+            node, successors = work[-1]
+            step = next(successors, None)
+            if step is not None:
+                if step not in index:
+                    index[step] = low[step] = len(index)
+                    stack.append(step)
+                    work.append((step, iter(sorted(graph.get(step, ())))))
+                elif step in stack:
+                    low[node] = min(low[node], index[step])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
 def exported(layer: str) -> set[str]:
     tree = parse(PACKAGE / layer / "__init__.py")
     for node in tree.body:
@@ -124,6 +188,23 @@ def exported(layer: str) -> set[str]:
 
 def test_the_package_keeps_the_rule() -> None:
     assert violations() == []
+
+
+def test_no_module_imports_itself_in_a_circle() -> None:
+    assert circles() == []
+
+
+def test_a_circle_put_back_is_caught(tmp_path: Path) -> None:
+    """The two circles the house once had: settings <-> the server modules, and the startup line <-> the hooks."""
+    copy = tmp_path / "simpo_plugin"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    with (copy / "sampling" / "managed.py").open("a", encoding="utf-8") as handle:
+        handle.write("\nfrom .settings import GenerationArguments\n")
+    with (copy / "notice.py").open("a", encoding="utf-8") as handle:
+        handle.write("\ndef later():\n    from ._startup import install\n")
+    found = circles(copy)  # the startup line already imports notice (when it warns): the second closes a circle
+    assert ["simpo_plugin.sampling.managed", "simpo_plugin.sampling.settings"] in found, found
+    assert any({"simpo_plugin._startup", "simpo_plugin.notice"} <= set(circle) for circle in found), found
 
 
 def test_other_layers_use_only_what_a_package_exports() -> None:
@@ -145,11 +226,17 @@ def test_every_layer_has_a_package_that_draws_its_path() -> None:
 INJECTIONS = {
     "lean/sequence.py": "if TYPE_CHECKING:\n    from ..train.hparams import SimPOConfig\n",
     "lean/loss.py": "from llamafactory.extras import logging\n",
-    "generation/args.py": "from ..train.hparams import SimPOCollapseStop\n",
+    "sampling/settings.py": "from ..pairs import PairsArguments\n",
+    "sampling/prompts.py": "from ..train.hparams import SimPOCollapseStop\n",
+    "pairs/build.py": "def later():\n    from ..evaluation import evaluate_models\n",
+    "pairs/scorers.py": "from ..sampling.settings import GenerationArguments\n",
+    "evaluation/judges.py": "from ..train.probes import GenerationProbe\n",
+    "evaluation/evaluate.py": "from ..pairs.scorers import load_scorer\n",
+    "notice.py": "from .errors import describe\n",
     "train/trainer.py": "def ui():\n    from ..host.webui import SIMPO_UI\n",
     "train/workflow.py": "import gradio\n",
     "_startup.py": "def heavy():\n    import torch\n",
-    "train/probing.py": "from ..generation.probes import GenerationProbe\n",
+    "train/probing.py": "from ..evaluation.judges import LLMJudge\n",
     "data/rows.py": "from ..train.hparams import SimPOConfig\n",
 }
 
@@ -163,3 +250,10 @@ def test_a_forbidden_import_put_back_is_caught(tmp_path: Path, relative: str) ->
     found = violations(copy)
     module = "simpo_plugin." + relative.removesuffix(".py").replace("/", ".")
     assert found and all(line.startswith(module + " imports ") for line in found), found
+
+
+def test_every_module_stays_small() -> None:
+    """A module has one job: at most 400 lines (style.md, section 4)."""
+    sizes = {str(path.relative_to(PACKAGE)): len(path.read_text(encoding="utf-8").splitlines())
+             for path in PACKAGE.rglob("*.py")}  # fmt: skip
+    assert {name: lines for name, lines in sizes.items() if lines > 400} == {}

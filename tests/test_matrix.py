@@ -132,8 +132,8 @@ def test_the_fast_path_trains_like_the_plain_path(cells, probe_reward_models, fi
 def assert_whole_probe_scorers(cell: dict, reward_model: Path) -> None:
     """Every probe step logs the reward and the judge's win rate, and each answer's score is the one the reward
     model gives it whole, in this process (a rank left with a partitioned copy fails or scores differently)."""
-    from simpo_plugin.generation.prompts import Prompt
-    from simpo_plugin.generation.scorers import load_scorer
+    from simpo_plugin.pairs.scorers import load_scorer
+    from simpo_plugin.sampling.prompts import Prompt
 
     for entry in cell["probe_logs"]:
         assert {"probe/reward", "probe/win_rate", "probe/judge_win_rate"} <= set(entry), entry

@@ -2,7 +2,7 @@
 
 import pytest
 
-from simpo_plugin.generation.metrics import Generated, distinct, repeat_rate, summarize, text_units, win_rate
+from simpo_plugin.evaluation.metrics import Generated, distinct, repeat_rate, summarize, text_units, win_rate
 
 
 def test_units_are_words_or_cjk_characters() -> None:

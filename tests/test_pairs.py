@@ -11,9 +11,9 @@ import yaml
 from conftest import cli_env, log_history, run_cli, run_command
 from pairs_cases import REWARDS, pairs_config, training_examples, write_prompt_datasets
 
-from simpo_plugin.generation import build_pairs
-from simpo_plugin.generation.args import PairsConfigError
-from simpo_plugin.generation.prompts import ids_digest
+from simpo_plugin.errors import PairsConfigError
+from simpo_plugin.pairs import build_pairs
+from simpo_plugin.sampling.prompts import ids_digest
 
 
 ALL_SOURCES = "prompts_alpaca,chat_sft,simpo_synthetic"

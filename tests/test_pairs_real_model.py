@@ -7,8 +7,9 @@ import pytest
 import yaml
 from conftest import log_history, run_cli
 
-from simpo_plugin.generation import build_pairs, evaluate_models
-from simpo_plugin.generation.checks import load_check_set
+from simpo_plugin.evaluation import evaluate_models
+from simpo_plugin.evaluation.checks import load_check_set
+from simpo_plugin.pairs import build_pairs
 
 
 pytestmark = pytest.mark.real_model

@@ -10,7 +10,7 @@ from conftest import run_cli
 from pairs_cases import REWARDS, pairs_config, write_prompt_datasets
 
 from simpo_plugin.cli import main
-from simpo_plugin.generation import build_pairs
+from simpo_plugin.pairs import build_pairs
 
 
 @pytest.fixture(scope="module")
@@ -155,8 +155,8 @@ def test_causal_lm_checkpoint_labelled_as_classifier_is_refused(tiny_assets, tmp
     config = json.loads((tmp_path / "fake/config.json").read_text())
     config["architectures"] = ["LlamaForSequenceClassification"]
     (tmp_path / "fake/config.json").write_text(json.dumps(config))
-    from simpo_plugin.generation.args import PairsConfigError
-    from simpo_plugin.generation.scorers import ClassifierScorer
+    from simpo_plugin.errors import PairsConfigError
+    from simpo_plugin.pairs.scorers import ClassifierScorer
 
     with pytest.raises(PairsConfigError, match=r"is not a sequence-classification reward model: its checkpoint lacks"):
         ClassifierScorer(str(tmp_path / "fake"), 4, trust_remote_code=False)

@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from simpo_plugin.cli import read_config
-from simpo_plugin.errors import SimPOArgumentError
-from simpo_plugin.generation.args import PairsArguments, PairsConfigError, check_keys
-from simpo_plugin.generation.outputs import candidate_lines
-from simpo_plugin.generation.prompts import Prompt, PromptSet
-from simpo_plugin.generation.report import PairsStats, quantiles, render_markdown
-from simpo_plugin.generation.sampling import SeededSampling, sample_seed, split_at_stop, top_p_mask
-from simpo_plugin.generation.selection import DROP_TRUNCATED, select_pair
+from simpo_plugin.errors import PairsConfigError, SimPOArgumentError
+from simpo_plugin.pairs.args import PairsArguments
+from simpo_plugin.pairs.outputs import candidate_lines
+from simpo_plugin.pairs.report import PairsStats, quantiles, render_markdown
+from simpo_plugin.pairs.selection import DROP_TRUNCATED, select_pair
+from simpo_plugin.sampling.prompts import Prompt, PromptSet
+from simpo_plugin.sampling.samplers import SeededSampling, sample_seed, split_at_stop, top_p_mask
+from simpo_plugin.sampling.settings import check_keys
 
 
 # ---- selection -------------------------------------------------------------------------------------------------
@@ -202,7 +203,7 @@ def test_candidates_flag_the_rejected_answer_that_was_cut_off(drop_truncated, fl
 
 
 def test_select_and_write_keeps_counts_and_flags_pairs_with_a_cut_off_rejected_answer(tmp_path) -> None:
-    from simpo_plugin.generation.pairs import select_and_write  # here: pairs.py imports the samplers
+    from simpo_plugin.pairs.build import select_and_write  # here: pairs.py imports the samplers
 
     # prompt 0: rejected cut off; prompt 1: chosen cut off; prompt 2: nothing cut off
     cuts = [[False, False, True], [True, False, False], [False, False, False]]
@@ -248,7 +249,7 @@ def test_drop_truncated_key_defaults_to_chosen_and_names_its_values() -> None:
         message = rf"`drop_truncated` must be one of chosen, both, none, got {bad!r}"
         with pytest.raises(PairsConfigError, match=message):
             _pairs_args(drop_truncated=bad)
-    check_keys({"drop_truncated": "both", "keep_truncated": True})  # both are keys of `pairs`
+    check_keys({"drop_truncated": "both", "keep_truncated": True}, PairsArguments)  # both are keys of `pairs`
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no deprecation warning without `keep_truncated`
         _pairs_args(drop_truncated="both")
@@ -280,7 +281,9 @@ def test_keep_truncated_that_disagrees_or_is_no_bool_is_an_error() -> None:
 
 def test_unknown_key_suggests_the_close_one() -> None:
     with pytest.raises(PairsConfigError, match=r"Unknown key `num_sample`.*Did you mean `num_samples`\?"):
-        check_keys({"num_sample": 3})
+        check_keys({"num_sample": 3}, PairsArguments)
     with pytest.raises(PairsConfigError, match="Unknown key `do_sample`"):
-        check_keys({"do_sample": True})
-    check_keys({"model_name_or_path": "m", "template": "llama2", "cutoff_len": 10, "reward_model": "r"})
+        check_keys({"do_sample": True}, PairsArguments)
+    check_keys(
+        {"model_name_or_path": "m", "template": "llama2", "cutoff_len": 10, "reward_model": "r"}, PairsArguments
+    )

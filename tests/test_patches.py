@@ -51,7 +51,7 @@ def test_missing_host_symbol_warns_once_and_leaves_module(capsys: pytest.Capture
         patches.patch_tuner(fake)
 
     monkey = pytest.MonkeyPatch()
-    monkey.setattr("simpo_plugin._startup._WARNED", False)
+    monkey.setattr("simpo_plugin.notice._WARNED", False)
     try:
         hooks._guarded(patches.patch_tuner)(fake)  # must not raise
         hooks._guarded(patches.patch_tuner)(fake)

@@ -169,7 +169,7 @@ def test_a_partitioned_policy_that_cannot_be_gathered_says_why(monkeypatch) -> N
     import torch
     from torch import nn
 
-    from simpo_plugin.generation import gathering
+    from simpo_plugin.train import gathering
 
     model, cpu = nn.Linear(1024, 1024), torch.device("cpu")
     with gathering.whole_for_generation(model, object(), cpu) as reason:

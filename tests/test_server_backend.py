@@ -18,11 +18,12 @@ import yaml
 from fake_server import FakeServer
 from pairs_cases import pairs_config, write_prompt_datasets
 
-from simpo_plugin.errors import RunStopped
-from simpo_plugin.generation import build_pairs, server
-from simpo_plugin.generation.args import PairsArguments, PairsConfigError
-from simpo_plugin.generation.server import pick_model
-from simpo_plugin.generation.serving import split_command
+from simpo_plugin.errors import PairsConfigError, RunStopped
+from simpo_plugin.pairs import build_pairs
+from simpo_plugin.pairs.args import PairsArguments
+from simpo_plugin.sampling import endpoints, server
+from simpo_plugin.sampling.managed import split_command
+from simpo_plugin.sampling.server import pick_model
 
 
 FAKE = Path(__file__).with_name("fake_server.py")
@@ -66,7 +67,7 @@ def test_one_endpoint_makes_real_pairs_with_the_template_ids(reference, tiny_ass
     from llamafactory.hparams import get_infer_args
     from llamafactory.model import load_tokenizer
 
-    from simpo_plugin.generation.prompts import load_prompts
+    from simpo_plugin.sampling.prompts import load_prompts
 
     config = pairs_config(tiny_assets["model"], prompt_dir, tmp_path)
     model_args, data_args, _, _ = get_infer_args({k: config[k] for k in ("model_name_or_path", "template",
@@ -94,8 +95,8 @@ def test_a_failing_endpoint_leaves_the_rotation_and_the_bytes_stay(reference, ti
         bad.fail_after = 1  # answers once, then 500 (a dead engine)
         data, _ = run(tiny_assets, prompt_dir, tmp_path, [bad.url, good.url])
     assert data == reference[0]
-    assert bad.completions >= server.MAX_FAILURES + 1
-    assert len(bad.bodies) <= 1 + server.MAX_FAILURES + 1  # out after 3 failures in a row (+ 1 already in flight)
+    assert bad.completions >= endpoints.MAX_FAILURES + 1
+    assert len(bad.bodies) <= 1 + endpoints.MAX_FAILURES + 1  # out after 3 failures in a row (+ 1 already in flight)
     assert f"endpoint {bad.url} taken out of the rotation after 3 failures in a row (last: HTTP 500" in caplog.text
 
 
@@ -218,7 +219,7 @@ def test_bad_server_keys_name_the_key(overrides, message) -> None:
 
 
 def test_eval_says_where_server_answers_go() -> None:
-    from simpo_plugin.generation.args import EvalArguments
+    from simpo_plugin.evaluation.args import EvalArguments
 
     with pytest.raises(PairsConfigError, match=r"`simpo-plugin eval` generates in this process .*\{name, outputs\}"):
         EvalArguments(output_dir="o", models=["a", "b"], reward_function="m:f", server_urls="http://x:1")
@@ -228,7 +229,7 @@ def test_server_urls_take_a_list_or_commas_and_auto_picks_server() -> None:
     args = PairsArguments(output_dir="o", reward_function="m:f", server_urls="http://a:1/v1, http://b:2")
     assert args.server_urls == ["http://a:1/v1", "http://b:2"] and args.resolved_backend == "server"
     assert PairsArguments(output_dir="o", reward_function="m:f").resolved_backend == "hf"
-    assert server.base_url("http://b:2/") == "http://b:2/v1"
+    assert endpoints.base_url("http://b:2/") == "http://b:2/v1"
     with pytest.raises(PairsConfigError, match="`server_urls`: `b:2` is not an http"):
         PairsArguments(output_dir="o", reward_function="m:f", server_urls="http://a:1,b:2")
 
@@ -323,7 +324,7 @@ def test_split_command() -> None:
 
 
 def test_pool_waits_for_a_free_slot_and_prefers_the_least_loaded() -> None:
-    pool = server.EndpointPool([server.Endpoint("a", None), server.Endpoint("b", None)], max_concurrency=1)
+    pool = endpoints.EndpointPool([endpoints.Endpoint("a", None), endpoints.Endpoint("b", None)], max_concurrency=1)
     (first, _), (second, ticket) = pool.acquire(), pool.acquire()
     assert {first.url, second.url} == {"a", "b"}
     got = []
@@ -339,18 +340,18 @@ def test_pool_waits_for_a_free_slot_and_prefers_the_least_loaded() -> None:
 def test_a_late_answer_to_an_earlier_request_does_not_end_a_failure_streak() -> None:
     """Answers arrive out of order: a success sent before a failure was seen says nothing about the endpoint now."""
     warnings: list[str] = []
-    endpoint = server.Endpoint("a", None)
-    pool = server.EndpointPool([endpoint, server.Endpoint("b", None)], max_concurrency=4, warn=warnings.append)
+    endpoint = endpoints.Endpoint("a", None)
+    pool = endpoints.EndpointPool([endpoint, endpoints.Endpoint("b", None)], max_concurrency=4, warn=warnings.append)
     slow = pool.acquire(avoid=pool.endpoints[1])  # answered last, successfully
-    failed = [pool.acquire(avoid=pool.endpoints[1]) for _ in range(server.MAX_FAILURES - 1)]
+    failed = [pool.acquire(avoid=pool.endpoints[1]) for _ in range(endpoints.MAX_FAILURES - 1)]
     for slot in failed:
         pool.release(*slot, RuntimeError("HTTP 500"))
     pool.release(*slow)
-    assert endpoint.failures == server.MAX_FAILURES - 1 and endpoint.served == 1
+    assert endpoint.failures == endpoints.MAX_FAILURES - 1 and endpoint.served == 1
     later = pool.acquire(avoid=pool.endpoints[1])  # sent after the failures: its success ends the streak
     pool.release(*later)
     assert endpoint.failures == 0 and endpoint.live
-    streak = [pool.acquire(avoid=pool.endpoints[1]) for _ in range(server.MAX_FAILURES + 1)]
+    streak = [pool.acquire(avoid=pool.endpoints[1]) for _ in range(endpoints.MAX_FAILURES + 1)]
     pool.release(*streak[0])  # a success sent before the streak's failures
     for slot in streak[1:]:
         pool.release(*slot, RuntimeError("HTTP 500"))

@@ -27,10 +27,10 @@ import pytest
 import yaml
 from pairs_cases import training_examples
 
-from simpo_plugin.generation import build_pairs
-from simpo_plugin.generation.prompts import ids_digest
-from simpo_plugin.generation.server import wait_for_servers
-from simpo_plugin.generation.serving import ManagedServer
+from simpo_plugin.pairs import build_pairs
+from simpo_plugin.sampling.managed import ManagedServer
+from simpo_plugin.sampling.prompts import ids_digest
+from simpo_plugin.sampling.server import wait_for_servers
 
 
 pytestmark = pytest.mark.real_model

@@ -148,6 +148,6 @@ def test_the_suite_runs_on_the_install_it_names() -> None:
         built = sorted(path.suffix for path in (Path(sys.prefix) / "dist").iterdir())
         assert built == [".gz", ".whl"]  # the sdist, and the wheel built from it
         packaged = {str(path) for path in distribution.files}
-        assert {"simpo_plugin.pth", "simpo_plugin/lean/attention.py", "simpo_plugin/generation/pairs.py"} <= packaged
+        assert {"simpo_plugin.pth", "simpo_plugin/lean/attention.py", "simpo_plugin/pairs/build.py"} <= packaged
     else:
         assert editable and Path(simpo_plugin.__file__).resolve().is_relative_to(checkout)

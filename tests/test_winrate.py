@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from simpo_plugin.generation.winrate import (
+from simpo_plugin.evaluation.winrate import (
     Battle,
     bootstrap_interval,
     lc_win_rate,

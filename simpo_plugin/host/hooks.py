@@ -10,8 +10,8 @@ from types import ModuleType, TracebackType
 
 import wrapt
 
-from .._startup import _warn
 from ..errors import SimPOArgumentError
+from ..notice import warn_once
 from . import patches
 from .registry import REGISTRY
 
@@ -36,7 +36,7 @@ def _guarded(patch: Callable[[ModuleType], bool]) -> Callable[[ModuleType], None
         try:
             patch(module)
         except Exception as exc:  # noqa: BLE001
-            _warn(f"could not patch `{module.__name__}` ({exc}); `stage: simpo` is unavailable, other stages work")
+            warn_once(f"could not patch `{module.__name__}` ({exc}); `stage: simpo` is unavailable, other stages work")
 
     return hook
 

@@ -10,7 +10,9 @@ and the loss from :mod:`simpo_plugin.lean`, per-pair metrics, complete-or-ignore
 - always on: the non-finite guard (:mod:`.guards`), preemption (:mod:`.preemption`), CPU gradient buffers
   (:mod:`.grad_buffers`);
 - optional, turned off with one line if they fail (:mod:`.optional`): generation probes (:mod:`.probing`, on
-  :mod:`simpo_plugin.generation`), the collapse monitor (:mod:`.monitor`) and the plots (:mod:`.plots`).
+  :mod:`.probes`, which calls :mod:`simpo_plugin.sampling`, :mod:`simpo_plugin.pairs`' scorers and
+  :mod:`simpo_plugin.evaluation`'s judges and checks through their packages), the collapse monitor
+  (:mod:`.monitor`) and the plots (:mod:`.plots`).
 
 The rest of the plugin may use the names below. Importing this package is cheap (the stage record is loaded while
 the host is imported); torch and the host load with the workflow.

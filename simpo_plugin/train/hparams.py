@@ -198,7 +198,7 @@ class SimPOArguments:
                 "Give one probe scorer, `simpo_probe_reward_model` or `simpo_probe_reward_function`, not both."
             )
         if self.simpo_probe_checks:
-            from ..generation import load_check_set  # names the key and the bundled sets when one is wrong
+            from ..evaluation import load_check_set  # names the key and the bundled sets when one is wrong
 
             for spec in self.simpo_probe_checks.split(","):
                 try:

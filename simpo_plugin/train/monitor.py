@@ -1,7 +1,7 @@
 """Early warnings for a SimPO run: each symptom is named once, with its numbers and the likely fix.
 
 A ``TrainerCallback`` that reads what the run logs: the training metrics (loss, rewards, log-probs, accuracy)
-and the generation probes (``probe/*``, see :mod:`simpo_plugin.generation.probes`). The thresholds are in
+and the generation probes (``probe/*``, see :mod:`simpo_plugin.train.probes`). The thresholds are in
 ``THRESHOLDS`` and docs/monitoring.md; they were set on the demo and the SmolLM2 example, which print none of
 the collapse warnings. A warning prints one line, is marked in the log history as ``warning/<name>: 1`` at its
 step (trainer_state.json, report_to backends) and is appended to ``simpo_warnings.jsonl`` in the output dir.

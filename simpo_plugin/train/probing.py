@@ -11,16 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 from llamafactory.extras import logging
 
-from ..generation import (
-    GenerationProbe,
-    ProbeSettings,
-    check_prompts,
-    check_scorer,
-    load_check_set,
-    load_prompts,
-)
+from ..evaluation import check_prompts, load_check_set
+from ..pairs import check_scorer
+from ..sampling import load_prompts
 from .monitor import CollapseMonitor
 from .optional import GuardedCallback, optional
+from .probes import GenerationProbe, ProbeSettings
 
 
 if TYPE_CHECKING:

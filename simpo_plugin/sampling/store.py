@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .args import PairsConfigError
+from ..errors import PairsConfigError
 
 
 PARTS_DIR = "parts"

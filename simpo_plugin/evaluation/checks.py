@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..data import BUNDLED_DIR
-from .args import PairsConfigError
+from ..errors import PairsConfigError
 from .winrate import bootstrap_interval
 
 
 if TYPE_CHECKING:
-    from .prompts import Prompt
+    from ..sampling import Prompt
 
 
 CHECKS_DIR = BUNDLED_DIR / "checks"
@@ -59,7 +59,7 @@ def load_check_set(spec: str) -> tuple[str, list[dict[str, Any]]]:
 
 def check_prompts(tasks: list[dict[str, Any]], template: Any, tokenizer: Any, name: str) -> list["Prompt"]:
     """The tasks as single-turn prompts rendered with the model's template (sources ``check:<set>#<i>``)."""
-    from .prompts import instruction_prompts
+    from ..sampling import instruction_prompts
 
     return instruction_prompts([task["instruction"] for task in tasks], f"check:{name}", template, tokenizer)
 

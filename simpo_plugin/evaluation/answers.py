@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .args import PairsConfigError
+from ..errors import PairsConfigError
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from .args import PairsConfigError
+from ..errors import PairsConfigError
 
 
 if TYPE_CHECKING:
-    from .prompts import Prompt
+    from ..sampling import Prompt
 
 
 Item = tuple["Prompt", str]
@@ -167,7 +167,7 @@ class ValueHeadScorer:
         if device is not None or not torch.cuda.is_available():
             rm_model_args.device_map = None  # TRL's value-head wrapper refuses a device map that names the CPU
         else:
-            from .devices import one_device
+            from ..sampling import one_device
 
             one_device(rm_model_args)
         self.tokenizer = load_tokenizer(rm_model_args)["tokenizer"]
@@ -226,7 +226,7 @@ def load_scorer(settings: Any, model_args: Any, template_name: str | None, devic
     """The configured scorer (``reward_model`` with or without a value head, or ``reward_function``).
 
     ``device``: where a reward model lives, whole (a training rank's own device); None: this process's GPU
-    (``generation/devices.py``), else the CPU.
+    (``sampling/devices.py``), else the CPU.
     """
     if settings.reward_function:
         return FunctionScorer(settings.reward_function)

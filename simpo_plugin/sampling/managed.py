@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .args import PairsConfigError
+from ..errors import PairsConfigError
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h

@@ -11,9 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .prompts import Prompt
+from ..sampling import Prompt, write_atomic
 from .selection import Selection
-from .store import write_atomic
 
 
 SHAREGPT_TAGS = {"user": "human", "assistant": "gpt", "observation": "observation", "function": "function_call"}

@@ -18,17 +18,16 @@ from typing import Any
 from llamafactory.extras import logging
 from tqdm import tqdm
 
+from ..errors import PairsConfigError
+from ..pairs import check_scorer, import_callable, load_scorer
+from ..sampling import Prompt, check_keys, instruction_prompts, load_prompts, load_sampler, parse_args, write_atomic
 from .answers import ModelEntry, align, parse_models, read_difficulty, read_outputs
-from .args import EvalArguments, PairsConfigError, check_keys, parse_args
+from .args import EvalArguments
 from .checks import check_prompts, dropped, load_check_set, score
-from .eval_report import plot_eval, plot_win_rates, render_eval
 from .judges import FunctionJudge, Judgment, from_scores, load_llm_judge
 from .leaderboard import Comparison, build_leaderboard, pairwise_table
 from .metrics import Generated, summarize
-from .pairs import load_sampler
-from .prompts import Prompt, instruction_prompts, load_prompts
-from .scorers import check_scorer, import_callable, load_scorer
-from .store import write_atomic
+from .report import plot_eval, plot_win_rates, render_eval
 
 
 logger = logging.get_logger("llamafactory.simpo.eval")

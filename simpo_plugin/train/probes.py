@@ -26,15 +26,14 @@ from llamafactory.extras import logging
 from transformers import TrainerCallback
 
 from ..errors import FeatureUnavailable, describe
+from ..evaluation import Generated, dropped, passes, repeat_rate, summarize, text_units
 from ..ranks import agreed
-from .checks import dropped, passes
+from ..sampling import HFSampler
 from .gathering import outside_zero3, whole_for_generation
-from .metrics import Generated, repeat_rate, summarize, text_units
-from .sampling import HFSampler
 
 
 if TYPE_CHECKING:
-    from .prompts import Prompt
+    from ..sampling import Prompt
 
 
 logger = logging.get_logger("llamafactory.simpo")
@@ -130,7 +129,7 @@ class GenerationProbe(TrainerCallback):
         if self.reference_texts is None:
             return [0.5 if i < self.probed else None for i in indices]
         if self.judge is None:
-            from .judges import load_judge
+            from ..evaluation import load_judge
 
             with outside_zero3():
                 self.judge = load_judge(self.settings.judge, self.settings.judge_template, self.trainer.args.device)
@@ -154,7 +153,7 @@ class GenerationProbe(TrainerCallback):
         if self.settings.scorer is None:
             return None
         if self.scorer is None:
-            from .scorers import load_scorer
+            from ..pairs import load_scorer
 
             with outside_zero3():
                 self.scorer = load_scorer(

@@ -8,7 +8,6 @@ samples depend only on the base seed and the prompt, that equals an uninterrupte
 """
 
 import gc
-import importlib.util
 import math
 import time
 from collections.abc import Callable
@@ -18,16 +17,26 @@ from typing import Any
 from llamafactory.extras import logging
 from tqdm import tqdm
 
-from .args import PairsArguments, PairsConfigError, fingerprint, parse_pairs_args
+from ..errors import PairsConfigError
+from ..sampling import (
+    PartStore,
+    Prompt,
+    PromptSet,
+    Sample,
+    Sampler,
+    check_server,
+    ids_digest,
+    load_prompts,
+    load_sampler,
+    sample_chunks,
+    shard_tag,
+    write_atomic,
+)
+from .args import PairsArguments, fingerprint, parse_pairs_args
 from .outputs import candidate_lines, pair_row, write_dataset
-from .prompts import Prompt, PromptSet, ids_digest, load_prompts
 from .report import PairsStats, plot_report, render_markdown
-from .sampling import HFSampler, Sample, Sampler, sample_chunks
 from .scorers import check_scorer, load_scorer
 from .selection import select_pair
-from .server import ServerSampler, api_key, base_url, pick_model, wait_for_servers
-from .serving import ManagedServer
-from .store import PartStore, shard_tag, write_atomic
 
 
 logger = logging.get_logger("llamafactory.simpo.pairs")
@@ -37,62 +46,6 @@ def chunks_of(num_prompts: int, size: int, num_shards: int = 1, shard_index: int
     """This shard's fixed chunks of prompt indices."""
     starts = range(0, num_prompts, size)
     return [range(s, min(s + size, num_prompts)) for k, s in enumerate(starts) if k % num_shards == shard_index]
-
-
-def load_sampler(
-    backend: str, settings: Any, model_args: Any, data_args: Any, output_dir: Path | None = None
-) -> Sampler:
-    """The backend's sampler; for ``server``, the endpoints are waited for (a ``server_command`` server is started
-    first, its log in ``output_dir/server.log``) and the sampler's ``close()`` stops what was started."""
-    from llamafactory.data import get_template_and_fix_tokenizer
-    from llamafactory.hparams import FinetuningArguments
-    from llamafactory.model import load_model, load_tokenizer
-
-    tokenizer = load_tokenizer(model_args)["tokenizer"]
-    template = get_template_and_fix_tokenizer(tokenizer, data_args)
-    stop_ids = template.get_stop_token_ids(tokenizer)
-    if backend == "server":
-        return open_servers(settings, model_args.model_name_or_path, tokenizer, stop_ids, output_dir or Path("."))
-    model = load_model(tokenizer, model_args, FinetuningArguments(), is_trainable=False)
-    return HFSampler(model, tokenizer, stop_ids, settings)
-
-
-def open_servers(settings: Any, model_path: str, tokenizer: Any, stop_ids: list[int], output_dir: Path) -> Sampler:
-    """Connect to ``server_urls``, or start ``server_command``; wait until they answer; a :class:`ServerSampler`."""
-    managed = None
-    if settings.server_command:
-        managed = ManagedServer(settings.server_command, model_path, output_dir / "server.log", logger.info_rank0)
-        managed.__enter__()
-        urls = [managed.url]
-        logger.info_rank0(f"Started the server of `server_command` (log: {managed.log_path}); waiting for it.")
-    else:
-        urls = [base_url(url) for url in settings.server_urls]
-    try:
-        start = time.monotonic()
-        models = wait_for_servers(urls, api_key(settings.server_api_key_env), settings.server_start_timeout,
-                                  logger.warning_rank0, managed.check_alive if managed else None)  # fmt: skip
-        model = pick_model(models, settings.server_model)
-        logger.info_rank0(
-            f"{len(models)} inference server(s) answered after {time.monotonic() - start:.0f} s, serving `{model}`: "
-            f"{', '.join(models)} ({settings.max_concurrency} requests in flight each)"
-        )
-        return ServerSampler(list(models), model, tokenizer, stop_ids, settings, logger.warning_rank0, managed)
-    except BaseException:
-        if managed is not None:
-            managed.stop()
-        raise
-
-
-def check_server(settings: Any, model_args: Any, backend: str) -> None:
-    """``backend: server`` needs the ``openai`` client; a LoRA policy on a server is the adapter the server serves,
-    which must be named (``server_model``)."""
-    if backend == "server" and importlib.util.find_spec("openai") is None:
-        raise PairsConfigError("`backend: server` needs the `openai` client: pip install 'simpo-plugin[server]'.")
-    if backend == "server" and model_args.adapter_name_or_path and not settings.server_model:
-        raise PairsConfigError(
-            "`adapter_name_or_path` with `backend: server`: the server must serve the adapter (vLLM: `--enable-lora "
-            "--lora-modules policy=ADAPTER_DIR`); set `server_model` to its served name (e.g. `policy`)."
-        )
 
 
 def sample_record(index: int, prompt: Prompt, samples: list[Sample]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from ..data import check_registered, converted_rows, converter_warnings, resolve_dataset_dir
-from .args import PairsConfigError
+from ..errors import PairsConfigError
 
 
 if TYPE_CHECKING:

@@ -19,11 +19,11 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .args import PairsConfigError
+from ..errors import PairsConfigError
 
 
 if TYPE_CHECKING:
-    from .prompts import Prompt
+    from ..sampling import Prompt
 
 
 JUDGE_SYSTEM = "You are a careful judge of answers to instructions."
@@ -197,7 +197,7 @@ def load_llm_judge(
     if device is not None:
         model_args.device_map = None
     else:
-        from .devices import one_device
+        from ..sampling import one_device
 
         one_device(model_args)
     model = load_model(tokenizer, model_args, FinetuningArguments(), False)
@@ -213,7 +213,7 @@ def load_judge(spec: str, template: str | None, device: Any = None, key: str = "
     from pathlib import Path
 
     if ":" in spec and not Path(spec).exists():
-        from .scorers import import_callable
+        from ..pairs import import_callable
 
         return FunctionJudge(import_callable(spec, key), spec)
     return load_llm_judge(spec, template, 8, device=device)
