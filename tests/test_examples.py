@@ -28,11 +28,24 @@ PAPER = {
 }
 PAIRS = {"onpolicy/pairs.yaml", "onpolicy/pairs_server.yaml"}  # `simpo-plugin pairs` configs
 EVALS = {"onpolicy/eval.yaml", "onpolicy/eval_judge.yaml"}  # `simpo-plugin eval` configs
+ROUNDS = {"rounds/smollm2.yaml"}  # `simpo-plugin rounds` configs
 GPU_ONLY = {"bf16": False, "deepspeed": None, "quantization_bit": None}  # parsed on CPU: hardware keys neutralised
 
 
 def test_every_recipe_is_covered() -> None:
-    assert {str(p.relative_to(EXAMPLES)) for p in EXAMPLES.rglob("*.yaml")} == set(PAPER) | PAIRS | EVALS
+    assert {str(p.relative_to(EXAMPLES)) for p in EXAMPLES.rglob("*.yaml")} == set(PAPER) | PAIRS | EVALS | ROUNDS
+
+
+@pytest.mark.parametrize("name", sorted(ROUNDS))
+def test_rounds_recipe_parses_and_its_blocks_match_the_single_commands(name: str) -> None:
+    from simpo_plugin.rounds import check_config
+
+    config = check_config(yaml.safe_load((EXAMPLES / name).read_text()))
+    assert config.rounds == 3 and not config.lora and config.stop_when.check_drop_above == 25.0
+    for block, single in (("pairs", "onpolicy/pairs.yaml"), ("eval", "onpolicy/eval.yaml")):
+        alone = yaml.safe_load((EXAMPLES / single).read_text())
+        shared = set(getattr(config, block)) & set(alone) - {"checks"}  # the demo checks arithmetic only
+        assert {key: getattr(config, block)[key] for key in shared} == {key: alone[key] for key in shared}, block
 
 
 @pytest.mark.parametrize("name", sorted(EVALS))

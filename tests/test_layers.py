@@ -20,20 +20,23 @@ import simpo_plugin
 
 
 PACKAGE = Path(simpo_plugin.__file__).resolve().parent
-LAYERS = ("lean", "data", "sampling", "pairs", "evaluation", "train", "host")
-COMMANDS = ("simpo_plugin.sampling", "simpo_plugin.pairs", "simpo_plugin.evaluation")
+LAYERS = ("lean", "data", "sampling", "pairs", "evaluation", "train", "host", "rounds")
+COMMANDS = ("simpo_plugin.sampling", "simpo_plugin.pairs", "simpo_plugin.evaluation", "simpo_plugin.rounds")
 HEAVY = ("torch", "transformers", "llamafactory", "wrapt", "gradio", "deepspeed")
 # (which modules, what they must not import, why)
 RULES = [
     ("simpo_plugin.lean", ("simpo_plugin.train", "simpo_plugin.host", *COMMANDS, "llamafactory"),
      "the math knows no stage, host glue, sampling, pairs, evaluation or LLaMA-Factory"),
     ("simpo_plugin.sampling", ("simpo_plugin.pairs", "simpo_plugin.evaluation", "simpo_plugin.train",
-                               "simpo_plugin.host"),
+                               "simpo_plugin.host", "simpo_plugin.rounds"),
      "sampling serves the commands and the probes and knows none of them, nor the host glue"),
-    ("simpo_plugin.pairs", ("simpo_plugin.evaluation", "simpo_plugin.train", "simpo_plugin.host"),
+    ("simpo_plugin.pairs", ("simpo_plugin.evaluation", "simpo_plugin.train", "simpo_plugin.host",
+                            "simpo_plugin.rounds"),
      "pairs knows no evaluation, stage or host glue (evaluation uses pairs' scorers, never the other way)"),
-    ("simpo_plugin.evaluation", ("simpo_plugin.train", "simpo_plugin.host"),
+    ("simpo_plugin.evaluation", ("simpo_plugin.train", "simpo_plugin.host", "simpo_plugin.rounds"),
      "evaluation knows no stage and no host glue"),
+    ("simpo_plugin.train", ("simpo_plugin.rounds",), "the loop drives the stage, never the other way"),
+    ("simpo_plugin.host", ("simpo_plugin.rounds",), "the loop drives the host, never the other way"),
     ("simpo_plugin.data", ("simpo_plugin.train", "simpo_plugin.host", *COMMANDS, "simpo_plugin.lean"),
      "reading datasets knows no stage, host glue, sampling, pairs, evaluation or math"),
     ("simpo_plugin.train.hparams", ("simpo_plugin.host", "gradio"), "the stage's arguments never import the web UI"),
@@ -233,6 +236,8 @@ INJECTIONS = {
     "evaluation/judges.py": "from ..train.probes import GenerationProbe\n",
     "evaluation/evaluate.py": "from ..pairs.scorers import load_scorer\n",
     "notice.py": "from .errors import describe\n",
+    "host/webui.py": "def later():\n    from ..rounds import run_rounds\n",
+    "rounds/phases.py": "from ..pairs.build import build_pairs as run\n",
     "train/trainer.py": "def ui():\n    from ..host.webui import SIMPO_UI\n",
     "train/workflow.py": "import gradio\n",
     "_startup.py": "def heavy():\n    import torch\n",

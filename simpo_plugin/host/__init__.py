@@ -26,4 +26,12 @@ def install_host_hooks() -> bool:
     return install()
 
 
-__all__ = ["REGISTRY", "SIMPO_UI", "Stage", "StageRegistry", "install_host_hooks"]
+def training_keys(stage_class: type) -> set[str]:
+    """Every key a ``llamafactory-cli train`` config of a stage whose arguments are ``stage_class`` may hold: the
+    host's model, data, training, finetuning and generating keys, and the stage's own."""
+    from .config_keys import host_train_classes, known_keys
+
+    return known_keys(*host_train_classes(), stage_class)
+
+
+__all__ = ["REGISTRY", "SIMPO_UI", "Stage", "StageRegistry", "install_host_hooks", "training_keys"]

@@ -42,6 +42,13 @@ class PairsArguments(GenerationArguments):
     dataset_name: str = field(default="onpolicy", metadata={"help": "Name of the output's dataset_info.json entry."})
     num_shards: int = field(default=1, metadata={"help": "Split the prompts over this many machines or runs."})
     shard_index: int = field(default=0, metadata={"help": "The shard this run takes, 0 <= shard_index < num_shards."})
+    prompt_slice: str | None = field(
+        default=None,
+        metadata={
+            "help": "Only these prompts (after deduplication, in dataset order): `START:STOP` (from 0, STOP "
+            "excluded) or `K/N` (the K-th of N equal parts, from 1). `simpo-plugin rounds` gives each round its own."
+        },
+    )
 
     def validation(self) -> list[tuple[bool, str]]:
         return super().validation() + [
@@ -67,12 +74,40 @@ class PairsArguments(GenerationArguments):
                 f"{self.keep_truncated_means}`, but `drop_truncated: {self.drop_truncated}` is given too; keep only "
                 "`drop_truncated`.",
             ),
+            (not self.slice_problem, self.slice_problem),
             (
                 self.has_scorer,
                 "Give exactly one scorer: `reward_model` (a classifier reward model or a LLaMA-Factory `stage: rm` "
                 "output dir) or `reward_function` (`package.module:function`); got neither.",
             ),
         ]
+
+    @property
+    def slice_problem(self) -> str:
+        """Why ``prompt_slice`` cannot be read, or ""."""
+        if self.prompt_slice is None:
+            return ""
+        text = str(self.prompt_slice).strip()
+        for separator, fits in ((":", lambda a, b: 0 <= a < b), ("/", lambda k, n: 1 <= k <= n)):
+            left, found, right = text.partition(separator)
+            if found and left.strip().isdigit() and right.strip().isdigit() and fits(int(left), int(right)):
+                return ""
+        return (
+            f"`prompt_slice` must be `START:STOP` (0 <= START < STOP) or `K/N` (1 <= K <= N), got "
+            f"{self.prompt_slice!r}."
+        )
+
+    def prompt_range(self, total: int) -> range:
+        """The indices ``prompt_slice`` takes of ``total`` prompts (all of them without one); ``K/N`` splits them
+        into N parts whose sizes differ by at most one."""
+        if self.prompt_slice is None:
+            return range(total)
+        text = str(self.prompt_slice).strip()
+        if ":" in text:
+            start, stop = (int(part) for part in text.split(":"))
+            return range(min(start, total), min(stop, total))
+        part, parts = (int(value) for value in text.split("/"))
+        return range((part - 1) * total // parts, part * total // parts)
 
     @property
     def keep_truncated_means(self) -> str | None:
@@ -102,7 +137,7 @@ class PairsArguments(GenerationArguments):
 # Keys whose change alters the samples (resp. the scores) already saved in `output_dir`.
 SAMPLING_KEYS = ("model_name_or_path", "adapter_name_or_path", "template", "default_system", "enable_thinking",
                  "cutoff_len", "dataset", "max_samples", "num_samples", "temperature", "top_p", "max_new_tokens",
-                 "seed", "backend", "server_model")  # fmt: skip
+                 "seed", "backend", "server_model", "prompt_slice")  # fmt: skip
 SCORING_KEYS = ("reward_model", "reward_template", "reward_function")
 
 

@@ -185,6 +185,16 @@ def build_pairs(raw: dict[str, Any]) -> PairsStats | None:
     tokenizer = load_tokenizer(model_args)["tokenizer"]
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
     prompt_set = load_prompts(model_args, data_args, template, tokenizer)
+    if settings.prompt_slice is not None:
+        taken = settings.prompt_range(len(prompt_set.prompts))
+        if not taken:
+            raise PairsConfigError(
+                f"`prompt_slice: {settings.prompt_slice}` takes no prompt of the {len(prompt_set.prompts)} the "
+                "dataset holds."
+            )
+        logger.info_rank0(f"`prompt_slice: {settings.prompt_slice}`: prompts {taken.start}-{taken.stop - 1} of "
+                          f"{len(prompt_set.prompts)}")  # fmt: skip
+        prompt_set.prompts = prompt_set.prompts[taken.start : taken.stop]
     prompts = prompt_set.prompts
     mine = chunks_of(len(prompts), settings.chunk_size(backend), settings.num_shards, settings.shard_index)
     logger.info_rank0(
