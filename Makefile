@@ -101,7 +101,7 @@ setup-lowest:
 
 # On-policy pairs with the real model, SimPO on them, then the result against its start (CPU, about 10 minutes);
 # see docs/onpolicy.md and docs/monitoring.md.
-# Three rounds of pairs, SimPO and evaluation on SmolLM2 (docs/rounds.md): about 25 minutes on 2 cores.
+# Three rounds of pairs, SimPO and evaluation on SmolLM2 (docs/rounds.md): 18 minutes on 2 cores.
 rounds-demo: setup
 	$(PY) -m simpo_plugin.testing --smollm2 models/smollm2-135m-instruct
 	simpo-plugin rounds examples/rounds/smollm2.yaml

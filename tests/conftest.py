@@ -72,6 +72,7 @@ LONGEST_FIRST = (
     "test_reliability.py",
     "test_matrix.py",
     "test_gpu_check.py",
+    "test_rounds.py",
     "test_workflow.py",
     "test_server_backend.py",
     "test_startup.py",
