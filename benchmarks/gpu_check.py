@@ -100,13 +100,8 @@ def part_setup(check: Check) -> None:
 
 
 def part_zero3(check: Check) -> None:
-    import socket
-
-    with socket.socket() as sock:  # a free port for this one-process group
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     out = check.out / "zero3.json"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", str(port),
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
                str(HERE / "gpu_zero3.py"), str(out)]  # fmt: skip
     command += ["--dry-run"] if check.dry_run else []
     result = subprocess.run(command, cwd=HERE, capture_output=True, text=True, timeout=max(60, int(check.left())),

@@ -20,8 +20,10 @@ import contextlib
 import copy
 import importlib.util
 import json
+import math
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -260,21 +262,16 @@ def _liger_child(out: Path) -> None:
     apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
                                 fused_linear_cross_entropy=False)  # fmt: skip
 
-    class Rows:
-        def __init__(self) -> None:
-            self.out, self.dry_run, self.rows = out.parent, False, []
+    from gpu_check import Check
 
-        def add(self, part: str, check: str, verdict: str, numbers: str = "") -> None:
-            self.rows.append({"part": part, "check": check, "verdict": verdict, "numbers": numbers})
-
-    rows = Rows()
+    rows = Check(out.parent, dry_run=False, deadline=math.inf)
     device = torch.device("cuda")
     reference_model = model_for(False, device, torch.float32)
     batch = batch_for(False, reference_model.config.vocab_size)
     reference = means_and_grads(reference_model, batch, paths()["plain"])
     model = reference_model.to(torch.bfloat16)
     compare(rows, "Liger llama bf16", reference, model, batch, ["default (route, shared prompts, lean head)"], True)
-    out.write_text(json.dumps(rows.rows))
+    out.write_text(json.dumps([asdict(row) for row in rows.rows]))
 
 
 if __name__ == "__main__":

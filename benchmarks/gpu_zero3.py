@@ -20,8 +20,10 @@ Writes a list of rows (part, check, verdict, numbers) to OUT.json.
 import copy
 import gc
 import json
+import math
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -68,17 +70,17 @@ def run(out: Path, dry: bool) -> list[dict[str, str]]:
     import torch
     from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
     from deepspeed.utils import safe_get_full_grad
+    from gpu_check import Check
     from transformers import AutoModelForCausalLM
     from transformers.integrations import HfDeepSpeedConfig
 
     from simpo_plugin.lean import LeanConfig, SequenceLogps
     from simpo_plugin.train.gathering import whole_for_generation
 
-    rows: list[dict[str, str]] = []
+    rows = Check(out.parent, dry, deadline=math.inf)
 
     def add(check: str, verdict: str, numbers: str = "") -> None:
-        rows.append({"part": "zero3", "check": check, "verdict": verdict, "numbers": numbers})
-        print(f"[zero3] {verdict:7} {check}: {numbers}", flush=True)
+        rows.add("zero3", check, verdict, numbers)
 
     device, dtype = device_and_dtype(dry)
     cuda = device.type == "cuda"
@@ -148,7 +150,7 @@ def run(out: Path, dry: bool) -> list[dict[str, str]]:
             gc.collect()
             if cuda:
                 torch.cuda.empty_cache()
-    return rows
+    return [asdict(row) for row in rows.rows]
 
 
 def _probe(add: Any, engine: Any, batch: dict[str, Any], device: Any, dry: bool, whole: Any) -> None:

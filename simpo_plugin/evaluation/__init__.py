@@ -21,8 +21,9 @@ A new judge is a class with ``judge(pairs) -> list[Judgment]`` in ``judges.py``;
 checks and metrics through this package. This package imports nothing from the stage or the host glue.
 """
 
-from importlib import import_module
 from typing import Any
+
+from ..lazy import lazy_attributes
 
 
 _LAZY = {
@@ -40,10 +41,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 def evaluate_models(raw: dict[str, Any]) -> Any:

@@ -17,13 +17,11 @@ Mental model of one step::
 
 Each piece falls back on its own when a model cannot take it (dense-mask layouts, plain log-probs), with one
 warning; every fast path is exact (tests/test_lean_forward.py, tests/test_lean_flash.py, tests/test_logprob.py).
-This package imports nothing from the stage, the host glue, generation or LLaMA-Factory (tests/test_layers.py),
-and importing it is cheap: torch loads with the first of the names below that is used.
+This package imports nothing from the stage, the host glue, sampling, pairs, evaluation or LLaMA-Factory
+(tests/test_layers.py), and importing it is cheap: torch loads with the first of the names below that is used.
 """
 
-from importlib import import_module
-from typing import Any
-
+from ..lazy import lazy_attributes
 from .config import LeanConfig, SimPOObjective
 
 
@@ -51,7 +49,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

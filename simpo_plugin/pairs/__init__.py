@@ -18,8 +18,9 @@ A new scorer is a class with ``score(items) -> list[float]`` in ``scorers.py``, 
 ``judge_function``). This package imports nothing from evaluation, the stage or the host glue.
 """
 
-from importlib import import_module
 from typing import Any
+
+from ..lazy import lazy_attributes
 
 
 _LAZY = {
@@ -32,10 +33,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 def build_pairs(raw: dict[str, Any]) -> Any:

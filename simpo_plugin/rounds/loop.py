@@ -64,8 +64,7 @@ def run_rounds(config: RoundsConfig) -> list[dict[str, Any]]:
                 record = train(config, r, policy, done["pairs"], folder)
             else:
                 record = evaluate(config, r, start, policy, done["train"]["policy"], folder)
-            state.finish(r, phase, record)
-            done = state.phases(r)
+            done = state.finish(r, phase, record)
         policies.append(done["train"]["policy"])
         rows.append(round_row(r, done))
         write_report(Path(config.output_dir), rows)

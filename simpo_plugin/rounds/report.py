@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..sampling import write_atomic
 from .state import write_json
 
 
@@ -123,5 +124,5 @@ def plot_rounds(rows: list[dict[str, Any]], path: Path) -> None:
 
 def write_report(output_dir: Path, rows: list[dict[str, Any]]) -> None:
     write_json(output_dir / "rounds_results.json", rows)
-    (output_dir / "rounds_report.md").write_text(render_markdown(rows), encoding="utf-8")
+    write_atomic(output_dir / "rounds_report.md", render_markdown(rows))
     plot_rounds(rows, output_dir / "rounds.png")

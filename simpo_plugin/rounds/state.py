@@ -8,11 +8,11 @@ is run again and resumes from its own saved work (pairs from their parts, traini
 """
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from ..errors import SimPOArgumentError
+from ..sampling import write_atomic
 
 
 PHASES = ("pairs", "train", "eval")
@@ -20,11 +20,9 @@ CONFIG_FILE = "rounds_config.json"
 
 
 def write_json(path: Path, value: Any) -> None:
-    """Write ``value`` as JSON through a temporary file and a rename: a reader never sees half a file."""
+    """Write ``value`` as JSON, atomically (:func:`simpo_plugin.sampling.write_atomic`), making its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(value, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(partial, path)
+    write_atomic(path, json.dumps(value, indent=2, ensure_ascii=False))
 
 
 def changes(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -73,8 +71,10 @@ class RoundsState:
         path = self.round_dir(r) / "phases.json"
         return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
-    def finish(self, r: int, phase: str, record: dict[str, Any]) -> None:
-        """Record ``phase`` of round ``r`` as done, with what later phases and the report read of it."""
+    def finish(self, r: int, phase: str, record: dict[str, Any]) -> dict[str, Any]:
+        """Record ``phase`` of round ``r`` as done, with what later phases and the report read of it; returns the
+        round's finished phases."""
         done = self.phases(r)
         done[phase] = record
         write_json(self.round_dir(r) / "phases.json", done)
+        return done

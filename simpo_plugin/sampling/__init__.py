@@ -19,8 +19,7 @@ This package imports nothing from pairs, evaluation, the stage or the host glue 
 it is cheap; torch and the host load with the first name used.
 """
 
-from importlib import import_module
-from typing import Any
+from ..lazy import lazy_attributes
 
 
 _LAZY = {
@@ -49,10 +48,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = [*_LAZY]
