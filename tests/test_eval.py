@@ -123,6 +123,40 @@ def test_llm_judge_precomputed_answers_and_checks(evaluated, tiny_assets, tmp_pa
     assert "LLM judge" in report and "## Capability checks" in report
 
 
+def test_answers_are_read_back_when_unchanged_and_generated_again_when_not(evaluated, tmp_path, monkeypatch) -> None:
+    """A second evaluation of the same models reads the first one's answers (same results, nothing generated); a
+    base with `adapter_name_or_path` answers as the adapter path does; a rewritten model file generates again, and
+    the fingerprint follows generation keys, not judge keys."""
+    import os
+
+    from simpo_plugin.evaluation import cache as answers_cache
+    from simpo_plugin.evaluation import evaluate as evaluation
+
+    reference, adapter = evaluated["models"]
+    config = json.loads((evaluated["root"] / "eval.yaml").read_text())
+    cache = evaluated["out"] / "answers"
+    assert len(list(cache.glob("*.json"))) == 2
+    config.update(output_dir=str(tmp_path / "again"), answers_cache=str(cache))
+    loaded = []
+    sampler = evaluation.load_sampler
+    monkeypatch.setattr(evaluation, "load_sampler", lambda *a: loaded.append(a[2].adapter_name_or_path) or sampler(*a))
+    again = evaluate_models(config)
+    assert again == json.loads((evaluated["out"] / "eval_results.json").read_text()) and loaded == []
+    stacked = {"name": "stacked", "path": reference, "adapter_name_or_path": adapter}
+    config.update(models=[reference, stacked], output_dir=str(tmp_path / "stacked"))
+    assert evaluate_models(config)["stacked"] == again[adapter] and loaded == [[adapter]]
+    assert len(list(cache.glob("*.json"))) == 3  # the base with its adapter is another model to the cache
+    os.utime(Path(adapter) / "adapter_model.safetensors", ns=(1, 1))  # the adapter retrained in place
+    config.update(models=[reference, adapter], output_dir=str(tmp_path / "touched"))
+    assert evaluate_models(config)[adapter] == again[adapter] and loaded == [[adapter]] * 2
+    assert len(list(cache.glob("*.json"))) == 4
+    model, prompts = {"model_name_or_path": reference}, []
+    key = answers_cache.fingerprint(model, config, prompts, [])
+    assert answers_cache.fingerprint(model, dict(config, judge_model="j", bootstrap_samples=5), prompts, []) == key
+    assert answers_cache.fingerprint(model, dict(config, max_new_tokens=7), prompts, []) != key
+    assert answers_cache.fingerprint(model, config, prompts, [("arithmetic", [{"instruction": "1+1"}])]) != key
+
+
 def test_eval_needs_two_models(tmp_path, capsys) -> None:
     from simpo_plugin.cli import main
 

@@ -102,7 +102,7 @@ def test_a_rerun_does_nothing_again_and_a_changed_config_is_refused(two_rounds, 
 def test_stop_when_ends_the_loop_and_names_the_best_round(two_rounds, tmp_path) -> None:
     out = tmp_path / "out"
     shutil.copytree(two_rounds["out"], out)  # stop rules may change between runs: they decide only what runs next
-    config = dict(two_rounds["config"], output_dir=str(out), rounds=3, stop_when={"lc_gain_below": 101})
+    config = dict(two_rounds["config"], output_dir=str(out), stop_when={"lc_gain_below": 101})
     result = run_rounds(config, tmp_path / "rounds.yaml")
     text = result.stdout + result.stderr
     assert result.returncode == 0, text[-3000:]
@@ -110,6 +110,8 @@ def test_stop_when_ends_the_loop_and_names_the_best_round(two_rounds, tmp_path) 
     assert "below `stop_when.lc_gain_below: 101`" in text
     assert "Best round by LC win rate against the start: round 1" in text
     assert [row["round"] for row in json.loads((out / "rounds_results.json").read_text())] == [1]
+    more = run_rounds(dict(config, rounds=3), tmp_path / "rounds.yaml")  # its slices are halves: 3 would be thirds
+    assert more.returncode == 2 and "`rounds` (2 -> 3) changed" in more.stderr, more.stderr[-2000:]
     assert not (out / "round_3").exists()
     warned = json.loads((two_rounds["out"] / "rounds_results.json").read_text())[0]["warnings"]
     config["stop_when"] = {"collapse_warning": True}  # the random tiny model's round 1 repeats itself
@@ -118,8 +120,9 @@ def test_stop_when_ends_the_loop_and_names_the_best_round(two_rounds, tmp_path) 
     assert f"stopped: round 1's training warned of a collapse ({warned[0]}" in result.stdout + result.stderr
 
 
-def test_lora_rounds_are_merged_into_the_next_policy(tiny_assets, tmp_path) -> None:
-    config = rounds_config(tiny_assets, tmp_path)
+@pytest.mark.parametrize("adapters", ["merge", "stack"])
+def test_lora_rounds_are_merged_or_stacked_into_the_next_policy(tiny_assets, tmp_path, adapters) -> None:
+    config = rounds_config(tiny_assets, tmp_path, adapters=adapters)
     config["train"] |= {"finetuning_type": "lora", "lora_target": "all", "learning_rate": 2e-2,
                         "save_strategy": "no", "num_train_epochs": 1.0}  # fmt: skip
     config["train"].pop("save_steps")
@@ -127,11 +130,28 @@ def test_lora_rounds_are_merged_into_the_next_policy(tiny_assets, tmp_path) -> N
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = tmp_path / "out"
     rows = json.loads((out / "rounds_results.json").read_text())
-    assert [row["policy"] for row in rows] == [str(out / f"round_{r}" / "merged") for r in (1, 2)]
     assert (out / "round_1" / "train" / "adapter_config.json").exists()
-    assert (out / "round_1" / "merged" / "config.json").exists()  # a whole model, as the next round needs
     trained = yaml.safe_load((out / "round_2" / "train.yaml").read_text())
-    assert trained["model_name_or_path"] == str(out / "round_1" / "merged") and "adapter_name_or_path" not in trained
+    adapters_1, adapters_2 = str(out / "round_1" / "train"), str(out / "round_2" / "train")
+    if adapters == "merge":
+        assert [row["policy"] for row in rows] == [str(out / f"round_{r}" / "merged") for r in (1, 2)]
+        assert (out / "round_1" / "merged" / "config.json").exists()  # a whole model, as the next round needs
+        assert (
+            trained["model_name_or_path"] == str(out / "round_1" / "merged") and "adapter_name_or_path" not in trained
+        )
+        return
+    # stacked: round 2 trains a new adapter on the start with round 1's merged in memory, and is judged with both
+    start = str(tiny_assets["model"])
+    assert not (out / "round_1" / "merged").exists() and [row["policy"] for row in rows] == [adapters_1, adapters_2]
+    assert rows[1]["model"] == {"model_name_or_path": start, "adapter_name_or_path": f"{adapters_1},{adapters_2}"}
+    assert trained["model_name_or_path"] == start and trained["adapter_name_or_path"] == adapters_1
+    assert trained["create_new_adapter"] is True
+    assert "Merged 1 adapter(s)." in (out / "round_2" / "train.log").read_text()
+    assert f"policy {start} with adapters {adapters_1},{adapters_2}" in result.stdout + result.stderr
+    # the answers of round 2's policy (both adapters) differ from those of round 1's, and are generated once
+    answers = [json.loads(p.read_text()) for p in sorted((out / "answers").glob("*.json"))]
+    assert len(answers) == 3  # start, round 1, round 2: round 2's eval against round 1 read them back
+    assert "answers read back from" in result.stdout + result.stderr
 
 
 def test_a_kill_during_round_2_training_resumes_to_the_same_results(two_rounds, tiny_assets, tmp_path) -> None:
@@ -160,6 +180,11 @@ def test_a_kill_during_round_2_training_resumes_to_the_same_results(two_rounds, 
     for row in (*rows, *expected):
         row.pop("seconds")
         row["policy"] = Path(row["policy"]).relative_to(Path(row["policy"]).parents[1]).as_posix()
+        row["model"] = (
+            Path(row["model"]["model_name_or_path"])
+            .relative_to(Path(row["model"]["model_name_or_path"]).parents[1])
+            .as_posix()
+        )
     assert rows == expected
 
 
@@ -194,7 +219,16 @@ def test_prompt_slices_split_the_prompts_into_disjoint_parts() -> None:
         ({"learning_rate": 1e-6}, r"Unknown top-level key `learning_rate` .* It belongs in the `train:` block"),
         ({"stop_when": {"lc_gain": 1}}, r"Unknown key `stop_when.lc_gain`. Did you mean `lc_gain_below`\?"),
         ({"rounds": 0}, r"`rounds` must be an integer >= 1, got 0"),
-        ({"adapters": "stack"}, r"`adapters` must be `merge`"),
+        ({"adapters": "stacked"}, r"`adapters` must be `merge` .* or `stack` .*, got 'stacked'"),
+        ({"adapters": "stack"}, r"`adapters: stack` cannot run here: it stacks LoRA adapters, and "
+         r"`train.finetuning_type` is 'full'. Use `adapters: merge`."),
+        ({"adapters": "stack", "train": {"finetuning_type": "lora", "quantization_bit": 4}},
+         r"`adapters: stack` cannot run here: the host does not merge adapters into a quantized model"),
+        ({"adapters": "stack", "train": {"finetuning_type": "lora", "deepspeed": {"zero_optimization": {"stage": 3}}}},
+         r"`adapters: stack` cannot run here: the host does not merge adapters under ZeRO-3"),
+        ({"adapters": "stack", "train": {"finetuning_type": "lora"}, "pairs": {"backend": "server"}},
+         r"`adapters: stack` cannot run here: a server serves one adapter"),
+        ({"eval": {"answers_cache": "x"}}, r"`eval.answers_cache` is set by the loop: the rounds share"),
         ({"eval": {"dataset": None}}, r"`eval.dataset` is required"),
     ],
 )  # fmt: skip

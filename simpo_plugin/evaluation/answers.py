@@ -21,6 +21,7 @@ class ModelEntry:
     name: str
     path: str | None = None
     outputs: str | None = None
+    adapter_name_or_path: str | None = None  # LoRA adapters on ``path`` (the host's comma list, merged in order)
 
 
 def parse_models(models: list[Any]) -> list[ModelEntry]:
@@ -38,10 +39,13 @@ def parse_models(models: list[Any]) -> list[ModelEntry]:
                 f"`models` entry {index} ({item!r}): give a model path, `{{name: NAME, outputs: FILE}}` (answers in "
                 "AlpacaEval's model_outputs format) or `{name: NAME, path: PATH}`, with text values."
             )
-        unknown = set(item) - {"name", "outputs", "path"}
+        unknown = set(item) - {"name", "outputs", "path", "adapter_name_or_path"}
         if unknown:
             raise PairsConfigError(f"`models` entry {index}: unknown key(s) {', '.join(sorted(unknown))}.")
-        entries.append(ModelEntry(str(item["name"]), path=item.get("path"), outputs=item.get("outputs")))
+        if item.get("adapter_name_or_path") and not item.get("path"):
+            raise PairsConfigError(f"`models` entry {index}: `adapter_name_or_path` needs the base model as `path`.")
+        entries.append(ModelEntry(str(item["name"]), path=item.get("path"), outputs=item.get("outputs"),
+                                  adapter_name_or_path=item.get("adapter_name_or_path")))  # fmt: skip
     names = [entry.name for entry in entries]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:

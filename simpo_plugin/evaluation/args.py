@@ -59,6 +59,13 @@ class EvalArguments(GenerationArguments):
     max_new_tokens: int = field(
         default=512, metadata={"help": "Longest response; one still running then counts as not ended."}
     )
+    answers_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of saved answers reused by any evaluation that would generate the same ones (default: "
+            "`output_dir/answers`; `none` keeps nothing)."
+        },
+    )
     show: int = field(default=8, metadata={"help": "Prompts shown side by side in eval_report.md."})
 
     def __post_init__(self) -> None:

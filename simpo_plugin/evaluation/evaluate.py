@@ -23,6 +23,7 @@ from ..pairs import check_scorer, import_callable, load_scorer
 from ..sampling import Prompt, check_keys, instruction_prompts, load_prompts, load_sampler, parse_args, write_atomic
 from .answers import ModelEntry, align, parse_models, read_difficulty, read_outputs
 from .args import EvalArguments
+from .cache import AnswerCache, fingerprint
 from .checks import check_prompts, dropped, load_check_set, score
 from .judges import FunctionJudge, Judgment, from_scores, load_llm_judge
 from .leaderboard import Comparison, build_leaderboard, pairwise_table
@@ -33,8 +34,11 @@ from .report import plot_eval, plot_win_rates, render_eval
 logger = logging.get_logger("llamafactory.simpo.eval")
 
 
-def model_keys(path: str, base: str | None) -> dict[str, str]:
-    """Host keys that load ``path``: a LoRA adapter dir rides on its base model, anything else loads as is."""
+def model_keys(path: str, base: str | None, adapters: str | None = None) -> dict[str, str]:
+    """Host keys that load ``path``: a LoRA adapter dir rides on its base model, a base with ``adapters`` (the host's
+    comma list) merges them in order, anything else loads as is."""
+    if adapters:
+        return {"model_name_or_path": path, "adapter_name_or_path": adapters}
     config = Path(path) / "adapter_config.json"
     if not config.is_file():
         return {"model_name_or_path": path}
@@ -50,22 +54,30 @@ def instruction_of(prompt: Prompt) -> str:
 
 
 def generate_with(
-    path: str, raw: dict[str, Any], check_sets: list[tuple[str, list[dict]]] | None = None
-) -> tuple[list[Prompt], list[list[Generated]], Any, Any, dict[str, list[str]]]:
+    entry: ModelEntry, raw: dict[str, Any], check_sets: list[tuple[str, list[dict]]], cache: AnswerCache
+) -> tuple[list[Prompt], list[list[Generated]], Any, dict[str, list[str]]]:
     """One model's answers to the dataset's prompts (and its greedy first answer to each check task), generated in
-    this process (``backend: hf``; answers from a server come as an outputs file).
+    this process (``backend: hf``; answers from a server come as an outputs file), or read back from ``cache`` when
+    the same answers were generated before (:mod:`.cache`).
 
-    Returns ``(prompts, answers per prompt, model_args, tokenizer, check replies per set)``.
+    Returns ``(prompts, answers per prompt, tokenizer, check replies per set)``.
     """
     from llamafactory.data import get_template_and_fix_tokenizer
     from llamafactory.model import load_tokenizer
 
+    path = entry.path or ""
     keys = {k: v for k, v in raw.items() if k not in ("model_name_or_path", "adapter_name_or_path")}
-    keys.update(model_keys(path, raw.get("model_name_or_path")))
+    model = model_keys(path, raw.get("model_name_or_path"), entry.adapter_name_or_path)
+    keys.update(model)
     settings, model_args, data_args = parse_args(keys, EvalArguments, model_path=keys["model_name_or_path"])
     tokenizer = load_tokenizer(model_args)["tokenizer"]
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
     prompts = load_prompts(model_args, data_args, template, tokenizer).prompts
+    key = fingerprint(model, raw, prompts, check_sets)
+    saved = cache.load(key)
+    if saved is not None:
+        logger.info_rank0(f"`{entry.name}`: answers read back from {cache.folder} (generated before, unchanged).")
+        return prompts, saved[0], tokenizer, saved[1]
     sampler = load_sampler("hf", settings, model_args, data_args)
     size = settings.chunk_size("hf")
 
@@ -78,11 +90,12 @@ def generate_with(
 
     answers = run(prompts, "Generating")
     replies = {}
-    for name, tasks in check_sets or []:
+    for name, tasks in check_sets:
         replies[name] = [row[0].text for row in run(check_prompts(tasks, template, tokenizer, name), f"Checks {name}")]
     sampler = None  # noqa: F841 - free this model before the next loads
     gc.collect()
-    return prompts, answers, model_args, tokenizer, replies
+    cache.save(key, path, answers, replies)
+    return prompts, answers, tokenizer, replies
 
 
 def outputs_prompts(rows: list[dict[str, str]]) -> list[Prompt]:
@@ -108,7 +121,8 @@ def evaluate_models(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     paths = [entry for entry in entries if entry.path]
     model_args: Any = SimpleNamespace(trust_remote_code=bool(raw.get("trust_remote_code")), infer_dtype="auto")
     if paths:
-        first = model_keys(paths[0].path or "", raw.get("model_name_or_path"))["model_name_or_path"]
+        first = model_keys(paths[0].path or "", raw.get("model_name_or_path"), paths[0].adapter_name_or_path)
+        first = first["model_name_or_path"]
         settings, model_args, _ = parse_args(raw, EvalArguments, model_path=first)
     check_sets = [load_check_set(spec) for spec in settings.checks or []]
     if check_sets and not paths:
@@ -120,13 +134,15 @@ def evaluate_models(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
         check_scorer(settings, model_args)
 
     # 1. answers
+    folder = settings.answers_cache or str(Path(settings.output_dir or ".") / "answers")
+    cache = AnswerCache(None if folder.lower() == "none" else folder)
     prompts: list[Prompt] | None = None
     answers: dict[str, list[list[Generated]]] = {}
     replies: dict[str, dict[str, list[str]]] = {}
     tokenizer = None
     for entry in paths:
-        model_prompts, answers[entry.name], _, model_tokenizer, replies[entry.name] = generate_with(
-            entry.path or "", raw, check_sets
+        model_prompts, answers[entry.name], model_tokenizer, replies[entry.name] = generate_with(
+            entry, raw, check_sets, cache
         )
         tokenizer = tokenizer or model_tokenizer
         if prompts is None:

@@ -2,7 +2,8 @@
 
 Top level: ``model_name_or_path`` (round 0's policy), ``template`` (every block uses it), ``output_dir``,
 ``rounds``, ``prompts_per_round`` (the size of each round's slice of the ``pairs:`` block's dataset; default: the
-dataset's prompts split evenly over the rounds), ``stop_when`` (optional) and ``adapters`` (LoRA only: ``merge``).
+dataset's prompts split evenly over the rounds), ``stop_when`` (optional) and ``adapters`` (LoRA only: ``merge``,
+the default, or ``stack``).
 ``pairs:``, ``train:`` and ``eval:`` take exactly the keys of ``simpo-plugin pairs``, of a ``stage: simpo``
 training config and of ``simpo-plugin eval``, minus the keys the loop sets itself (:data:`LOOP_SETS`). A key the
 loop sets, or one the block's command does not know, is refused with the block's name and the closest key.
@@ -11,7 +12,9 @@ Errors: :class:`simpo_plugin.errors.SimPOArgumentError` (one line, exit status 2
 """
 
 import difflib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..errors import SimPOArgumentError
@@ -19,11 +22,12 @@ from ..errors import SimPOArgumentError
 
 TOP_KEYS = {"model_name_or_path", "template", "output_dir", "rounds", "prompts_per_round", "stop_when", "adapters"}
 STOP_KEYS = {"lc_gain_below", "collapse_warning", "check_drop_above"}
+ADAPTERS = ("merge", "stack")
 # What the loop sets in each block, and why it does.
 LOOP_SETS = {
     "pairs": {
         "model_name_or_path": "each round samples from the previous round's policy (round 1: the top-level model)",
-        "adapter_name_or_path": "each round's policy is a whole model (LoRA rounds are merged)",
+        "adapter_name_or_path": "the loop loads each round's policy (merged, or the stacked adapters)",
         "template": "set once, at the top level",
         "output_dir": "each round writes to output_dir/round_<r>/pairs",
         "prompt_slice": "each round takes its own slice of the dataset (`prompts_per_round`)",
@@ -35,7 +39,7 @@ LOOP_SETS = {
     },
     "train": {
         "model_name_or_path": "each round trains the previous round's policy (round 1: the top-level model)",
-        "adapter_name_or_path": "each round's policy is a whole model (LoRA rounds are merged)",
+        "adapter_name_or_path": "the loop loads each round's policy (merged, or the stacked adapters)",
         "template": "set once, at the top level",
         "output_dir": "each round writes to output_dir/round_<r>/train",
         "dataset": "each round trains on its own pairs",
@@ -44,14 +48,16 @@ LOOP_SETS = {
         "do_train": "the loop trains",
         "overwrite_output_dir": "a rerun resumes training from its last checkpoint",
         "resume_from_checkpoint": "a rerun resumes training from its last checkpoint",
+        "create_new_adapter": "`adapters: stack` sets it (each round trains a new adapter on the ones before)",
     },
     "eval": {
         "models": "each round compares its policy with the start and with the previous round",
         "baseline": "each round compares against the start (and against the previous round)",
         "model_name_or_path": "the models are the rounds' policies",
-        "adapter_name_or_path": "each round's policy is a whole model (LoRA rounds are merged)",
+        "adapter_name_or_path": "the loop loads each round's policy (merged, or the stacked adapters)",
         "template": "set once, at the top level",
         "output_dir": "each round writes to output_dir/round_<r>/eval",
+        "answers_cache": "the rounds share output_dir/answers, so each policy's answers are generated once",
     },
 }
 
@@ -91,10 +97,14 @@ class RoundsConfig:
         return self.train.get("finetuning_type", "lora") == "lora"
 
     def saved(self) -> dict[str, Any]:
-        """What finished rounds depend on (``rounds`` and ``stop_when`` may change between runs)."""
-        return {"model_name_or_path": self.model_name_or_path, "template": self.template,
-                "prompts_per_round": self.prompts_per_round, "adapters": self.adapters, "pairs": self.pairs,
-                "train": self.train, "eval": self.eval}  # fmt: skip
+        """What finished rounds depend on: all but ``stop_when``, and ``rounds`` when ``prompts_per_round`` is set
+        (otherwise ``rounds`` decides each round's slice of the prompts)."""
+        saved = {"model_name_or_path": self.model_name_or_path, "template": self.template,
+                 "prompts_per_round": self.prompts_per_round, "adapters": self.adapters, "pairs": self.pairs,
+                 "train": self.train, "eval": self.eval}  # fmt: skip
+        if not self.prompts_per_round:
+            saved["rounds"] = self.rounds
+        return saved
 
 
 def closest(key: str, known: set[str]) -> str:
@@ -114,6 +124,36 @@ def check_block(name: str, block: Any, known: set[str]) -> dict[str, Any]:
         if key not in known:
             raise SimPOArgumentError(f"Unknown key `{name}.{key}` for the `{name}:` block.{closest(key, known)}")
     return dict(block)
+
+
+def check_stack(blocks: dict[str, dict[str, Any]]) -> None:
+    """``adapters: stack`` needs LoRA, an unquantized model without ZeRO-3 (the host merges earlier adapters into
+    the model in memory only then; otherwise it resumes the last one instead of creating a new one), and pairs
+    sampled in this process (a server serves one adapter)."""
+    why = ""
+    train = blocks["train"]
+    if train.get("finetuning_type", "lora") != "lora":
+        why = f"it stacks LoRA adapters, and `train.finetuning_type` is {train['finetuning_type']!r}"
+    elif train.get("quantization_bit") is not None:
+        why = "the host does not merge adapters into a quantized model (it would resume round 1's adapter)"
+    elif zero_stage(train.get("deepspeed")) == 3:
+        why = "the host does not merge adapters under ZeRO-3 (it would resume round 1's adapter)"
+    elif blocks["pairs"].get("backend") == "server" or blocks["pairs"].get("server_command"):
+        why = "a server serves one adapter, and a stacked policy is several (use `pairs.backend: hf`)"
+    if why:
+        raise SimPOArgumentError(f"`adapters: stack` cannot run here: {why}. Use `adapters: merge`.")
+
+
+def zero_stage(deepspeed: Any) -> int | None:
+    """The ZeRO stage of a DeepSpeed config (a JSON file or a dict), None when there is none or it cannot be read."""
+    config = deepspeed
+    if isinstance(deepspeed, str):
+        try:
+            config = json.loads(Path(deepspeed).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+    stage = config.get("zero_optimization", {}).get("stage") if isinstance(config, dict) else None
+    return stage if isinstance(stage, int) else None
 
 
 def parse_config(raw: dict[str, Any], known: dict[str, set[str]]) -> RoundsConfig:
@@ -142,10 +182,10 @@ def parse_config(raw: dict[str, Any], known: dict[str, set[str]]) -> RoundsConfi
     per_round = raw.get("prompts_per_round")
     if per_round is not None and (not isinstance(per_round, int) or isinstance(per_round, bool) or per_round < 1):
         raise SimPOArgumentError(f"`prompts_per_round` must be an integer >= 1, got {per_round!r}.")
-    if raw.get("adapters", "merge") != "merge":
+    if raw.get("adapters", "merge") not in ADAPTERS:
         raise SimPOArgumentError(
-            f"`adapters` must be `merge` (each LoRA round is merged into the next round's policy), got "
-            f"{raw['adapters']!r}."
+            f"`adapters` must be `merge` (each LoRA round is merged into the next round's policy) or `stack` (each "
+            f"round trains a new adapter on the ones before), got {raw['adapters']!r}."
         )
     stop = raw.get("stop_when") or {}
     if not isinstance(stop, dict):
@@ -168,6 +208,8 @@ def parse_config(raw: dict[str, Any], known: dict[str, set[str]]) -> RoundsConfi
     stage = blocks["train"].get("finetuning_type", "lora")
     if stage not in ("full", "freeze", "lora"):
         raise SimPOArgumentError(f"`train.finetuning_type` must be full, freeze or lora, got {stage!r}.")
+    if raw.get("adapters") == "stack":
+        check_stack(blocks)
     return RoundsConfig(
         model_name_or_path=str(raw["model_name_or_path"]), template=str(raw["template"]),
         output_dir=str(raw["output_dir"]), rounds=rounds, prompts_per_round=per_round,

@@ -40,13 +40,20 @@ def stop_reason(config: RoundsConfig, row: dict[str, Any]) -> str | None:
     return None
 
 
+def loads(model: dict[str, str]) -> str:
+    """How to load a policy, in the host's keys' words."""
+    if model.get("adapter_name_or_path"):
+        return f"{model['model_name_or_path']} with adapters {model['adapter_name_or_path']}"
+    return model["model_name_or_path"]
+
+
 def run_rounds(config: RoundsConfig) -> list[dict[str, Any]]:
     """Run (or resume) every round of ``config``; returns one row per finished round (``rounds_results.json``)."""
     state = RoundsState(config.output_dir)
     resumed = state.claim(config.saved())
     if resumed:
         logger.info_rank0(f"simpo-plugin rounds: resuming the rounds in {config.output_dir}")
-    start = config.model_name_or_path
+    start = {"model_name_or_path": config.model_name_or_path}
     policies = [start]
     rows: list[dict[str, Any]] = []
     reason = None
@@ -63,9 +70,9 @@ def run_rounds(config: RoundsConfig) -> list[dict[str, Any]]:
             elif phase == "train":
                 record = train(config, r, policy, done["pairs"], folder)
             else:
-                record = evaluate(config, r, start, policy, done["train"]["policy"], folder)
+                record = evaluate(config, r, start, policy, done["train"]["model"], folder)
             done = state.finish(r, phase, record)
-        policies.append(done["train"]["policy"])
+        policies.append(done["train"]["model"])
         rows.append(round_row(r, done))
         write_report(Path(config.output_dir), rows)
         reason = stop_reason(config, rows[-1])
@@ -76,7 +83,7 @@ def run_rounds(config: RoundsConfig) -> list[dict[str, Any]]:
     score = best["lc_vs_start"] if best["lc_vs_start"] is not None else best["win_vs_start"]
     logger.info_rank0(
         f"simpo-plugin rounds: {ending}. Best round by LC win rate against the start: round {best['round']} "
-        f"({'-' if score is None else f'{score:.1f}'}), policy {best['policy']}. "
+        f"({'-' if score is None else f'{score:.1f}'}), policy {loads(best['model'])}. "
         f"Report: {config.output_dir}/rounds_report.md"
     )
     return rows

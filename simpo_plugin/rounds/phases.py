@@ -5,9 +5,14 @@
 - :func:`train`: ``llamafactory-cli train`` (a child process, in this environment: ``FORCE_TORCHRUN``,
   ``NNODES``, DeepSpeed configs work as they do for the command) on those pairs, into ``round_<r>/train``
   (resumes from its last checkpoint); LoRA rounds are then merged by the host's ``llamafactory-cli export``
-  into ``round_<r>/merged``, the next round's policy;
+  into ``round_<r>/merged``, the next round's policy, or (``adapters: stack``) round r trains a new adapter
+  (``create_new_adapter``) on the start with rounds 1..r-1's adapters merged in memory, and the next policy is the
+  start with rounds 1..r's adapters;
 - :func:`evaluate`: ``simpo-plugin eval`` of the new policy against the start (``round_<r>/eval``) and, from round 2
-  on, against the previous round (``round_<r>/eval_previous``).
+  on, against the previous round (``round_<r>/eval_previous``), sharing ``output_dir/answers`` so each policy's
+  answers are generated once.
+
+A policy is the host keys that load it: ``model_name_or_path`` and, for stacked adapters, ``adapter_name_or_path``.
 """
 
 import json
@@ -68,9 +73,9 @@ def slice_of(config: RoundsConfig, r: int) -> str:
     return f"{r}/{config.rounds}"
 
 
-def make_pairs(config: RoundsConfig, r: int, policy: str, folder: Path) -> dict[str, Any]:
+def make_pairs(config: RoundsConfig, r: int, policy: dict[str, str], folder: Path) -> dict[str, Any]:
     """Round r's pairs; what training needs of them (dataset, folder) and how many were kept."""
-    keys = {**config.pairs, "model_name_or_path": policy, "template": config.template,
+    keys = {**config.pairs, **policy, "template": config.template,
             "output_dir": str(folder), "prompt_slice": slice_of(config, r)}  # fmt: skip
     started = time.monotonic()
     stats = build_pairs(keys)
@@ -94,45 +99,61 @@ def warnings_logged(train_dir: Path) -> list[str]:
             if key.startswith("warning/")]  # fmt: skip
 
 
-def train(config: RoundsConfig, r: int, policy: str, pairs: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """Round r's training (and merge); the next policy's path and the warnings the run logged."""
+def train(config: RoundsConfig, r: int, policy: dict[str, str], pairs: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Round r's training (and merge); the next policy (``path``, shown in the report, and ``model``, its host keys)
+    and the warnings the run logged."""
     out = folder / "train"
     if out.exists() and not any(out.glob("checkpoint-*")):
         shutil.rmtree(out)  # stopped before its first checkpoint: nothing to resume from
-    keys = {**config.train, "stage": "simpo", "do_train": True, "model_name_or_path": policy,
+    keys = {**config.train, "stage": "simpo", "do_train": True, **policy,
             "template": config.template, "dataset": pairs["dataset"], "dataset_dir": pairs["dataset_dir"],
             "output_dir": str(out)}  # fmt: skip
+    if config.adapters == "stack":
+        keys["create_new_adapter"] = True
     (folder / "train.yaml").write_text(yaml.safe_dump(keys, sort_keys=False), encoding="utf-8")
     started = time.monotonic()
     run_child([cli_program(), "train", str(folder / "train.yaml")], folder / "train.log")
-    new_policy = out
-    if config.lora:
+    model = {"model_name_or_path": str(out)}
+    if config.lora and config.adapters == "stack":
+        stacked = [a for a in policy.get("adapter_name_or_path", "").split(",") if a] + [str(out)]
+        model = {"model_name_or_path": policy["model_name_or_path"], "adapter_name_or_path": ",".join(stacked)}
+    elif config.lora:
         merged = folder / "merged"
-        export = {"model_name_or_path": policy, "adapter_name_or_path": str(out), "template": config.template,
+        export = {**policy, "adapter_name_or_path": str(out), "template": config.template,
                   "finetuning_type": "lora", "export_dir": str(merged)}  # fmt: skip
         if "trust_remote_code" in config.train:
             export["trust_remote_code"] = config.train["trust_remote_code"]
         (folder / "export.yaml").write_text(yaml.safe_dump(export, sort_keys=False), encoding="utf-8")
         run_child([cli_program(), "export", str(folder / "export.yaml")], folder / "export.log")
-        new_policy = merged
-    return {"policy": str(new_policy), "warnings": warnings_logged(out), "seconds": time.monotonic() - started}
+        model = {"model_name_or_path": str(merged)}
+    path = model.get("adapter_name_or_path", model["model_name_or_path"]).split(",")[-1]
+    return {"policy": path, "model": model, "warnings": warnings_logged(out), "seconds": time.monotonic() - started}
+
+
+def entry(name: str, policy: dict[str, str]) -> dict[str, str]:
+    """An eval ``models`` entry for a policy (its adapters ride on the base: ``adapter_name_or_path``)."""
+    found = {"name": name, "path": policy["model_name_or_path"]}
+    if policy.get("adapter_name_or_path"):
+        found["adapter_name_or_path"] = policy["adapter_name_or_path"]
+    return found
 
 
 def compare(config: RoundsConfig, models: list[dict[str, str]], folder: Path) -> dict[str, Any]:
     """``simpo-plugin eval`` of ``models`` (the first is the baseline) into ``folder``; the last model's row."""
     keys = {**config.eval, "models": models, "baseline": models[0]["name"], "template": config.template,
-            "output_dir": str(folder)}  # fmt: skip
+            "output_dir": str(folder), "answers_cache": str(Path(config.output_dir) / "answers")}  # fmt: skip
     results = evaluate_models(keys)
     return results[models[-1]["name"]]
 
 
-def evaluate(config: RoundsConfig, r: int, start: str, previous: str, new: str, folder: Path) -> dict[str, Any]:
+def evaluate(
+    config: RoundsConfig, r: int, start: dict[str, str], previous: dict[str, str], new: dict[str, str], folder: Path
+) -> dict[str, Any]:
     """The new policy against the start and, from round 2 on, against the previous round's policy."""
     started = time.monotonic()
-    vs_start = compare(config, [{"name": "start", "path": start}, {"name": f"round_{r}", "path": new}],
-                       folder / "eval")  # fmt: skip
+    vs_start = compare(config, [entry("start", start), entry(f"round_{r}", new)], folder / "eval")
     vs_previous = vs_start
     if r > 1:
-        vs_previous = compare(config, [{"name": f"round_{r - 1}", "path": previous},
-                                       {"name": f"round_{r}", "path": new}], folder / "eval_previous")  # fmt: skip
+        vs_previous = compare(config, [entry(f"round_{r - 1}", previous), entry(f"round_{r}", new)],
+                              folder / "eval_previous")  # fmt: skip
     return {"vs_start": vs_start, "vs_previous": vs_previous, "seconds": time.monotonic() - started}

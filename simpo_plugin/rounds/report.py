@@ -28,7 +28,8 @@ def round_row(r: int, done: dict[str, Any]) -> dict[str, Any]:
     win_prev, win_prev_ci = _rate(vs_previous, "win_rate")
     checks = vs_start.get("checks", {})
     return {
-        "round": r, "policy": done["train"]["policy"], "pairs_kept": done["pairs"]["kept"],
+        "round": r, "policy": done["train"]["policy"], "model": done["train"]["model"],
+        "pairs_kept": done["pairs"]["kept"],
         "prompt_slice": done["pairs"]["prompt_slice"],
         "lc_vs_start": lc_start, "lc_vs_start_ci": lc_start_ci, "win_vs_start": win_start,
         "win_vs_start_ci": win_start_ci, "lc_vs_previous": lc_prev, "lc_vs_previous_ci": lc_prev_ci,
