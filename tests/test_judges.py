@@ -149,6 +149,17 @@ def test_three_models_pairwise_with_style_scores_and_another_baseline(outputs, t
         ("bootstrap_samples", "`bootstrap_samples` must be an integer, got 'abc'"),
         ("pairwise", "`pairwise` must be true or false, got 'maybe'"),
         ("both", "gives both `outputs` and `path`; keep one"),
+        # alpaca_eval#453: the new file repeats an instruction the baseline answers once; name the repeat, not a
+        # missing answer
+        (
+            "repeated",
+            "`longer`'s outputs file {path} repeats the instruction 'Question 3: explain topic 3.' at rows 3, 60",
+        ),
+        (
+            "repeated_baseline",
+            "`base`'s outputs file {base} repeats the instruction 'Question 0: explain topic 0.' at rows "
+            "0, 60 (1 more instruction(s) repeated too); answers are matched by instruction, so keep one row per",
+        ),
     ],
 )
 def test_bad_eval_inputs_are_one_line(outputs, tmp_path, change, message) -> None:
@@ -160,6 +171,12 @@ def test_bad_eval_inputs_are_one_line(outputs, tmp_path, change, message) -> Non
         rows.append({"instruction": "Something else", "output": "x"})
     elif change == "no_output":
         rows[0].pop("output")
+    elif change == "repeated":
+        rows.append(dict(rows[3]))
+    elif change == "repeated_baseline":
+        base = json.loads(Path(outputs["base"]).read_text())
+        (tmp_path / "base.json").write_text(json.dumps(base + [base[0], base[5]]))
+        overrides["baseline"] = "base"
     elif change == "baseline":
         overrides["baseline"] = "nobody"
     elif change == "two_judges":
@@ -175,10 +192,12 @@ def test_bad_eval_inputs_are_one_line(outputs, tmp_path, change, message) -> Non
     second = {"name": "longer"} if change == "bad_entry" else {"name": "longer", "outputs": str(path)}
     if change == "both":
         second["path"] = "models/x"
-    models = [{"name": "base", "outputs": outputs["base"]}, second]
+    base = str(tmp_path / "base.json") if change == "repeated_baseline" else outputs["base"]
+    models = [{"name": "base", "outputs": base}, second]
     with pytest.raises(PairsConfigError) as error:
         evaluate_models(eval_config(outputs, tmp_path / "out", models, **overrides))
-    assert message.replace("{judges}", str(JUDGES)) in str(error.value) and "\n" not in str(error.value)
+    expected = message.replace("{judges}", str(JUDGES)).replace("{path}", str(path)).replace("{base}", base)
+    assert expected in str(error.value) and "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize(
