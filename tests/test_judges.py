@@ -129,6 +129,26 @@ def test_three_models_pairwise_with_style_scores_and_another_baseline(outputs, t
     assert "## Pairwise win rates" in (tmp_path / "eval_report.md").read_text()
 
 
+def test_a_reward_function_that_raises_is_one_line_and_exit_status_2(outputs, tmp_path, capsys) -> None:
+    import yaml
+
+    from simpo_plugin.cli import main
+
+    rewards = Path(__file__).with_name("pairs_rewards.py")
+    models = [{"name": "base", "outputs": outputs["base"]}, {"name": "longer", "outputs": outputs["longer"]}]
+    config = eval_config(outputs, tmp_path / "out", models, reward_function=f"{rewards}:raises")
+    config.pop("judge_function")
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(config))
+    assert main(["eval", str(tmp_path / "eval.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"simpo-plugin eval: error: `reward_function: {rewards}:raises` failed on prompt outputs#0: "
+        "ValueError('the reward service is down'); fix the function and run again (the finished samples and "
+        f"answers are kept). (config: {tmp_path / 'eval.yaml'})"
+    )
+    assert not any("Traceback" in line for line in err)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
