@@ -114,6 +114,27 @@ def test_outputs_only_the_longer_model_wins_raw_but_not_length_controlled(output
     assert json.loads((tmp_path / "eval_results.json").read_text())["longer"]["win_rate"] == longer["win_rate"]
 
 
+def test_the_console_line_prints_what_the_report_prints(outputs, tmp_path, monkeypatch) -> None:
+    """One source for each number: `lc_win_rate_stderr=0` on the console beside [3.8, 100] in the report was two."""
+    from simpo_plugin.evaluation import evaluate
+
+    printed: list[str] = []
+    monkeypatch.setattr(evaluate.logger, "info_rank0", printed.append)
+    models = [{"name": "base", "outputs": outputs["base"]}, {"name": "longer", "outputs": outputs["longer"]}]
+    results = evaluate_models(eval_config(outputs, tmp_path, models, judge_function=f"{JUDGES}:longer_wins"))
+    longer = results["longer"]
+    line = next(text for text in printed if text.startswith("`longer`: "))
+    lc = f"{longer['lc_win_rate']:.1f} [{longer['lc_win_rate_ci'][0]:.1f}, {longer['lc_win_rate_ci'][1]:.1f}]"
+    raw = f"{longer['win_rate']:.1f} [{longer['win_rate_ci'][0]:.1f}, {longer['win_rate_ci'][1]:.1f}]"
+    assert f"LC win rate {lc}; win rate {raw}; " in line and "stderr" not in line and "\n" not in line
+    report = (tmp_path / "eval_report.md").read_text()
+    row = next(text for text in report.splitlines() if text.startswith("| `longer` |"))
+    assert f"| {lc} | {raw} |" in row  # the leaderboard's cells, character for character
+    health = next(text for text in report.splitlines() if text.startswith("| `longer` | ") and text != row)
+    assert f"mean length (chars) {health.split(' | ')[1]}" in line
+    assert next(text for text in printed if text.startswith("`base` (baseline): "))
+
+
 def test_three_models_pairwise_with_style_scores_and_another_baseline(outputs, tmp_path) -> None:
     models = [{"name": n, "outputs": outputs[n]} for n in ("longer", "base", "better")]
     results = evaluate_models(eval_config(outputs, tmp_path, models, baseline="base", pairwise=True))
