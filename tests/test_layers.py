@@ -4,9 +4,9 @@ Layers: ``lean`` (the math: forward and loss, pure torch), ``data`` (reading dat
 bundled datasets, rows with the host's reasons), ``sampling`` (prompts, HF and server backends, stores), ``pairs``
 (``simpo-plugin pairs``: scorers, selection, outputs), ``evaluation`` (``simpo-plugin eval``: judges, win rates,
 checks), ``train`` (the stage: arguments, workflow, trainer, callbacks, probes) and ``host`` (the glue to
-LLaMA-Factory); at the top ``_startup`` (what the ``.pth`` line runs), the neutral ``errors``, ``exits``, ``notice``
-and ``ranks``, ``cli`` and ``testing``. Every import counts, including those under ``TYPE_CHECKING`` and inside
-functions, and no module may reach itself again through its imports (no circle).
+LLaMA-Factory); at the top ``_startup`` (what the ``.pth`` line runs), the neutral ``errors``, ``exits``, ``notice``,
+``install_hint``, ``host_keys`` and ``ranks``, ``cli`` and ``testing``. Every import counts, including those under
+``TYPE_CHECKING`` and inside functions, and no module may reach itself again through its imports (no circle).
 """
 
 import ast
