@@ -36,3 +36,8 @@ def fails_after_the_first_probe(messages: list[dict[str, str]], response: str) -
     if CALLS["count"] > 4:
         raise RuntimeError("the reward server went away")
     return float(len(response))
+
+
+def raises(messages: list[dict[str, str]], response: str) -> float:
+    """A reward whose service is down: `pairs` and `eval` stop with one line naming it and the prompt."""
+    raise ValueError("the reward service is down")

@@ -114,6 +114,27 @@ def test_outputs_only_the_longer_model_wins_raw_but_not_length_controlled(output
     assert json.loads((tmp_path / "eval_results.json").read_text())["longer"]["win_rate"] == longer["win_rate"]
 
 
+def test_the_console_line_prints_what_the_report_prints(outputs, tmp_path, monkeypatch) -> None:
+    """One source for each number: `lc_win_rate_stderr=0` on the console beside [3.8, 100] in the report was two."""
+    from simpo_plugin.evaluation import evaluate
+
+    printed: list[str] = []
+    monkeypatch.setattr(evaluate.logger, "info_rank0", printed.append)
+    models = [{"name": "base", "outputs": outputs["base"]}, {"name": "longer", "outputs": outputs["longer"]}]
+    results = evaluate_models(eval_config(outputs, tmp_path, models, judge_function=f"{JUDGES}:longer_wins"))
+    longer = results["longer"]
+    line = next(text for text in printed if text.startswith("`longer`: "))
+    lc = f"{longer['lc_win_rate']:.1f} [{longer['lc_win_rate_ci'][0]:.1f}, {longer['lc_win_rate_ci'][1]:.1f}]"
+    raw = f"{longer['win_rate']:.1f} [{longer['win_rate_ci'][0]:.1f}, {longer['win_rate_ci'][1]:.1f}]"
+    assert f"LC win rate {lc}; win rate {raw}; " in line and "stderr" not in line and "\n" not in line
+    report = (tmp_path / "eval_report.md").read_text()
+    row = next(text for text in report.splitlines() if text.startswith("| `longer` |"))
+    assert f"| {lc} | {raw} |" in row  # the leaderboard's cells, character for character
+    health = next(text for text in report.splitlines() if text.startswith("| `longer` | ") and text != row)
+    assert f"mean length (chars) {health.split(' | ')[1]}" in line
+    assert next(text for text in printed if text.startswith("`base` (baseline): "))
+
+
 def test_three_models_pairwise_with_style_scores_and_another_baseline(outputs, tmp_path) -> None:
     models = [{"name": n, "outputs": outputs[n]} for n in ("longer", "base", "better")]
     results = evaluate_models(eval_config(outputs, tmp_path, models, baseline="base", pairwise=True))
@@ -127,6 +148,26 @@ def test_three_models_pairwise_with_style_scores_and_another_baseline(outputs, t
     judged = {(j["model_a"], j["model_b"]) for j in map(json.loads, (tmp_path / "judgments.jsonl").open())}
     assert judged == {("longer", "base"), ("longer", "better"), ("base", "better")}
     assert "## Pairwise win rates" in (tmp_path / "eval_report.md").read_text()
+
+
+def test_a_reward_function_that_raises_is_one_line_and_exit_status_2(outputs, tmp_path, capsys) -> None:
+    import yaml
+
+    from simpo_plugin.cli import main
+
+    rewards = Path(__file__).with_name("pairs_rewards.py")
+    models = [{"name": "base", "outputs": outputs["base"]}, {"name": "longer", "outputs": outputs["longer"]}]
+    config = eval_config(outputs, tmp_path / "out", models, reward_function=f"{rewards}:raises")
+    config.pop("judge_function")
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(config))
+    assert main(["eval", str(tmp_path / "eval.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"simpo-plugin eval: error: `reward_function: {rewards}:raises` failed on prompt outputs#0: "
+        "ValueError('the reward service is down'); fix the function and run again (the finished samples and "
+        f"answers are kept). (config: {tmp_path / 'eval.yaml'})"
+    )
+    assert not any("Traceback" in line for line in err)
 
 
 @pytest.mark.parametrize(
@@ -149,6 +190,17 @@ def test_three_models_pairwise_with_style_scores_and_another_baseline(outputs, t
         ("bootstrap_samples", "`bootstrap_samples` must be an integer, got 'abc'"),
         ("pairwise", "`pairwise` must be true or false, got 'maybe'"),
         ("both", "gives both `outputs` and `path`; keep one"),
+        # alpaca_eval#453: the new file repeats an instruction the baseline answers once; name the repeat, not a
+        # missing answer
+        (
+            "repeated",
+            "`longer`'s outputs file {path} repeats the instruction 'Question 3: explain topic 3.' at rows 3, 60",
+        ),
+        (
+            "repeated_baseline",
+            "`base`'s outputs file {base} repeats the instruction 'Question 0: explain topic 0.' at rows "
+            "0, 60 (1 more instruction(s) repeated too); answers are matched by instruction, so keep one row per",
+        ),
     ],
 )
 def test_bad_eval_inputs_are_one_line(outputs, tmp_path, change, message) -> None:
@@ -160,6 +212,12 @@ def test_bad_eval_inputs_are_one_line(outputs, tmp_path, change, message) -> Non
         rows.append({"instruction": "Something else", "output": "x"})
     elif change == "no_output":
         rows[0].pop("output")
+    elif change == "repeated":
+        rows.append(dict(rows[3]))
+    elif change == "repeated_baseline":
+        base = json.loads(Path(outputs["base"]).read_text())
+        (tmp_path / "base.json").write_text(json.dumps(base + [base[0], base[5]]))
+        overrides["baseline"] = "base"
     elif change == "baseline":
         overrides["baseline"] = "nobody"
     elif change == "two_judges":
@@ -175,10 +233,12 @@ def test_bad_eval_inputs_are_one_line(outputs, tmp_path, change, message) -> Non
     second = {"name": "longer"} if change == "bad_entry" else {"name": "longer", "outputs": str(path)}
     if change == "both":
         second["path"] = "models/x"
-    models = [{"name": "base", "outputs": outputs["base"]}, second]
+    base = str(tmp_path / "base.json") if change == "repeated_baseline" else outputs["base"]
+    models = [{"name": "base", "outputs": base}, second]
     with pytest.raises(PairsConfigError) as error:
         evaluate_models(eval_config(outputs, tmp_path / "out", models, **overrides))
-    assert message.replace("{judges}", str(JUDGES)) in str(error.value) and "\n" not in str(error.value)
+    expected = message.replace("{judges}", str(JUDGES)).replace("{path}", str(path)).replace("{base}", base)
+    assert expected in str(error.value) and "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize(

@@ -4,9 +4,9 @@ Layers: ``lean`` (the math: forward and loss, pure torch), ``data`` (reading dat
 bundled datasets, rows with the host's reasons), ``sampling`` (prompts, HF and server backends, stores), ``pairs``
 (``simpo-plugin pairs``: scorers, selection, outputs), ``evaluation`` (``simpo-plugin eval``: judges, win rates,
 checks), ``train`` (the stage: arguments, workflow, trainer, callbacks, probes) and ``host`` (the glue to
-LLaMA-Factory); at the top ``_startup`` (what the ``.pth`` line runs), the neutral ``errors``, ``exits``, ``notice``
-and ``ranks``, ``cli`` and ``testing``. Every import counts, including those under ``TYPE_CHECKING`` and inside
-functions, and no module may reach itself again through its imports (no circle).
+LLaMA-Factory); at the top ``_startup`` (what the ``.pth`` line runs), the neutral ``errors``, ``exits``, ``notice``,
+``install_hint``, ``host_keys`` and ``ranks``, ``cli`` and ``testing``. Every import counts, including those under
+``TYPE_CHECKING`` and inside functions, and no module may reach itself again through its imports (no circle).
 """
 
 import ast
@@ -47,6 +47,9 @@ RULES = [
     ("simpo_plugin.exits", ("simpo_plugin.", *HEAVY), "neutral modules depend on nothing"),
     ("simpo_plugin.notice", ("simpo_plugin.", *HEAVY), "neutral modules depend on nothing"),
     ("simpo_plugin.lazy", ("simpo_plugin.", *HEAVY), "neutral modules depend on nothing"),
+    ("simpo_plugin.install_hint", ("simpo_plugin.", *HEAVY), "neutral modules depend on nothing"),
+    ("simpo_plugin.host_keys", ("simpo_plugin.lean", "simpo_plugin.data", "simpo_plugin.train", "simpo_plugin.host",
+                                *COMMANDS, *HEAVY), "neutral modules depend on nothing of the layers"),
     ("simpo_plugin.ranks", ("simpo_plugin.",), "neutral modules depend on nothing of the plugin (torch, lazily)"),
 ]  # fmt: skip
 

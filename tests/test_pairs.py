@@ -152,6 +152,24 @@ def test_changed_settings_do_not_mix_with_saved_results(reference, tiny_assets, 
 
 
 @pytest.mark.host
+def test_a_reward_function_that_raises_stops_with_one_line_and_keeps_the_samples(
+    tiny_assets, tmp_path, capsys
+) -> None:
+    from simpo_plugin.cli import main
+
+    dataset_dir = write_prompt_datasets(tmp_path / "data")
+    config = pairs_config(tiny_assets["model"], dataset_dir, tmp_path / "out", dataset="prompts_alpaca", max_samples=2,
+                          reward_function=f"{REWARDS}:raises")  # fmt: skip
+    (tmp_path / "pairs.yaml").write_text(yaml.safe_dump(config))
+    assert main(["pairs", str(tmp_path / "pairs.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"simpo-plugin pairs: error: `reward_function: {REWARDS}:raises` failed on prompt ")
+    assert "ValueError('the reward service is down'); fix the function and run again" in err[-1]
+    assert not any("Traceback" in line for line in err)
+    assert (tmp_path / "out" / "parts").is_dir() and not (tmp_path / "out" / "pairs.json").exists()
+
+
+@pytest.mark.host
 def test_the_pairs_train_with_simpo(reference, tiny_assets, tmp_path) -> None:
     output_dir, stats = reference
     config = {

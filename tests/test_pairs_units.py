@@ -164,16 +164,17 @@ def test_report_counts_kept_pairs_whose_rejected_answer_was_cut_off() -> None:
     stats = _stats([10, 12], [64, 20])
     stats.prompts, stats.samples, stats.truncated_samples = 3, 9, 2
     stats.drops["truncated"] = 1
-    stats.kept_rejected_truncated = 1
+    stats.count_cut(chosen=False, rejected=True)
     assert stats.summary() == (
-        "2 pairs kept (1 with a cut-off rejected answer) from 3 prompts (9 samples); dropped: truncated 1"
+        "2 pairs kept (1 with only the rejected answer cut off) from 3 prompts (9 samples); dropped: truncated 1"
     )
     report = render_markdown(stats, "onpolicy")
-    assert "| kept pairs whose rejected answer was cut off at max_new_tokens | 1 |" in report
-    assert "(1 with a cut-off rejected answer)" in report
+    assert "| kept pairs with only the rejected answer cut off at max_new_tokens | 1 |" in report
+    assert "| kept pairs with both answers cut off at max_new_tokens | 0 |" in report
+    assert "(1 with only the rejected answer cut off)" in report
     stats.kept_rejected_truncated = 0
     assert stats.summary() == "2 pairs kept from 3 prompts (9 samples); dropped: truncated 1"
-    assert "| kept pairs whose rejected answer was cut off at max_new_tokens | 0 |" in render_markdown(stats, "x")
+    assert "| kept pairs with only the rejected answer cut off at max_new_tokens | 0 |" in render_markdown(stats, "x")
 
 
 def _prompt(text: str = "q") -> Prompt:
@@ -216,6 +217,7 @@ def test_select_and_write_keeps_counts_and_flags_pairs_with_a_cut_off_rejected_a
         settings = SimpleNamespace(min_score_gap=0.0, drop_truncated=mode, dataset_name="onpolicy")
         stats = select_and_write(tmp_path, settings, prompt_set, store)
         assert (stats.kept, stats.drops["truncated"], stats.kept_rejected_truncated) == (kept, dropped, flagged)
+        assert stats.kept_chosen_truncated == (mode == "none") and stats.kept_both_truncated == 0
         assert len(json.loads((tmp_path / "pairs.json").read_text())) == kept
         candidates = [json.loads(line) for line in (tmp_path / "candidates.jsonl").read_text().splitlines()]
         marked = [(c["prompt_index"], c["sample_index"]) for c in candidates if "rejected_truncated" in c["flags"]]
@@ -287,3 +289,31 @@ def test_unknown_key_suggests_the_close_one() -> None:
     check_keys(
         {"model_name_or_path": "m", "template": "llama2", "cutoff_len": 10, "reward_model": "r"}, PairsArguments
     )
+
+
+def test_drop_truncated_none_counts_chosen_rejected_and_both_cut_off_as_the_candidates_show(tmp_path) -> None:
+    from simpo_plugin.pairs.build import select_and_write
+
+    # both cut off (twice), chosen only, rejected only, nothing: sample 0 is chosen, sample 2 rejected
+    cuts = [[True, False, True], [True, True, True], [True, False, False], [False, False, True], [False] * 3]
+    samples = {i: _record([f"{i}a", f"{i}b", f"{i}c"], cut) for i, cut in enumerate(cuts)}
+    store = SimpleNamespace(read=lambda kind: {"samples": samples, "scores": {i: {"scores": [3.0, 2.0, 1.0]}
+                                                                             for i in samples}}[kind])  # fmt: skip
+    prompt_set = PromptSet([_prompt(str(i)) for i in samples], rows=5)
+    settings = SimpleNamespace(min_score_gap=0.0, drop_truncated="none", dataset_name="onpolicy")
+    stats = select_and_write(tmp_path, settings, prompt_set, store)
+    assert stats.cut_counts() == (1, 1, 2)  # chosen only, rejected only, both
+    assert stats.summary().startswith(
+        "5 pairs kept (1 with only the chosen answer cut off, 1 with only the rejected answer cut off, 2 with both "
+        "answers cut off) from 5 prompts"
+    )
+    candidates = [json.loads(line) for line in (tmp_path / "candidates.jsonl").read_text().splitlines()]
+    cut = {
+        (c["prompt_index"], c["role"])
+        for c in candidates
+        if {"chosen_truncated", "rejected_truncated"} & set(c["flags"])
+    }
+    by_prompt = [((i, "chosen") in cut, (i, "rejected") in cut) for i in range(len(samples))]
+    assert stats.cut_counts() == (by_prompt.count((True, False)), by_prompt.count((False, True)),
+                                  by_prompt.count((True, True)))  # fmt: skip
+    assert len(json.loads((tmp_path / "pairs.json").read_text())) == stats.kept == 5

@@ -198,6 +198,9 @@ MISTAKES = [
     ({"dataset_dir": "{tmp}/nowhere"},
      "there is no {tmp}/nowhere/dataset_info.json (`dataset_dir: {tmp}/nowhere`)"),
     ({"max_samples": 0}, "`max_samples: 0` leaves no rows to train on"),
+    ({"max_samples": "12,4"}, "`max_samples` must be an integer, got '12,4'."),  # was the host's raw TypeError
+    ({"new_special_tokens": "<think>"}, "`new_special_tokens` was renamed `add_special_tokens` in llamafactory "
+     "0.9.3; write `add_special_tokens` instead"),  # not "did you mean `init_special_tokens`?"
     ({"simpo_probe_checks": "arithmetic,jsonformat"},
      "`simpo_probe_checks: jsonformat` is neither a bundled set (arithmetic, constraints, json_format) nor a file."),
 ]  # fmt: skip

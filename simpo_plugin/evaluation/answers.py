@@ -70,11 +70,33 @@ def read_outputs(entry: ModelEntry) -> list[dict[str, str]]:
             raise PairsConfigError(f"`models`: {path} row {index} has no string `instruction`.")
         if not isinstance(row.get("output"), str):
             raise PairsConfigError(f"`models`: {path} row {index} has no string `output`.")
+    check_repeats(entry.name, path, rows)
     return rows
 
 
+def shorten(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_repeats(name: str, path: Path, rows: list[dict[str, str]]) -> None:
+    """Answers are matched by instruction text, so each instruction appears once in a file (alpaca_eval#453: a
+    repeated instruction otherwise looks like an answer the other models lack, or silently takes one answer)."""
+    seen: dict[str, list[int]] = {}
+    for index, row in enumerate(rows):
+        seen.setdefault(row["instruction"], []).append(index)
+    repeated = [(text, at) for text, at in seen.items() if len(at) > 1]
+    if repeated:
+        text, at = repeated[0]
+        more = f" ({len(repeated) - 1} more instruction(s) repeated too)" if len(repeated) > 1 else ""
+        raise PairsConfigError(
+            f"`models`: `{name}`'s outputs file {path} repeats the instruction {shorten(text)!r} at rows "
+            f"{', '.join(map(str, at))}{more}; answers are matched by instruction, so keep one row per instruction "
+            "(delete or merge the repeated rows)."
+        )
+
+
 def align(instructions: list[str], rows: list[dict[str, str]], name: str) -> list[str]:
-    """``rows``' outputs in the order of ``instructions`` (matched by text; a repeated instruction in file order).
+    """``rows``' outputs in the order of ``instructions`` (matched by text; :func:`read_outputs` refused repeats).
 
     Raises:
         PairsConfigError: the two sets differ; the message names the first instruction that is missing.
@@ -86,18 +108,16 @@ def align(instructions: list[str], rows: list[dict[str, str]], name: str) -> lis
     for index, instruction in enumerate(instructions):
         queue = by_text.get(instruction)
         if not queue:
-            shown = instruction if len(instruction) <= 80 else instruction[:77] + "..."
             raise PairsConfigError(
-                f"`models`: `{name}` has no answer to instruction {index} ({shown!r}); every model must answer the "
-                "same instructions."
+                f"`models`: `{name}` has no answer to instruction {index} ({shorten(instruction)!r}); every model "
+                "must answer the same instructions."
             )
         outputs.append(queue.pop(0))
     extra = [text for text, queue in by_text.items() for _ in queue]
     if extra:
-        shown = extra[0] if len(extra[0]) <= 80 else extra[0][:77] + "..."
         raise PairsConfigError(
-            f"`models`: `{name}` answers {len(extra)} instruction(s) the others do not, the first {shown!r}; every "
-            "model must answer the same instructions."
+            f"`models`: `{name}` answers {len(extra)} instruction(s) the others do not, the first "
+            f"{shorten(extra[0])!r}; every model must answer the same instructions."
         )
     return outputs
 

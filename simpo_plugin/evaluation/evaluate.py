@@ -28,7 +28,7 @@ from .checks import check_prompts, dropped, load_check_set, score
 from .judges import FunctionJudge, Judgment, from_scores, load_llm_judge
 from .leaderboard import Comparison, build_leaderboard, pairwise_table
 from .metrics import Generated, summarize
-from .report import plot_eval, plot_win_rates, render_eval
+from .report import console_line, plot_eval, plot_win_rates, render_eval
 
 
 logger = logging.get_logger("llamafactory.simpo.eval")
@@ -290,9 +290,8 @@ def write_outputs(
     plot_eval(results, output_dir / "eval_report.png")
     if judged:
         plot_win_rates(results, baseline, output_dir / "eval_win_rates.png")
-    for name, row in results.items():
-        shown = {k: v for k, v in row.items() if isinstance(v, float)}
-        logger.info_rank0(f"{name}: " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+    for name, row in results.items():  # the report's own numbers and formats (value [95% interval])
+        logger.info_rank0(console_line(name, row, baseline))
     if timing:
         logger.info_rank0(f"Judged {timing['judgments']} pairs in {timing['seconds']:.1f} s "
                           f"({timing['per_second']:.2f}/s) with the {timing['judge']}.")  # fmt: skip

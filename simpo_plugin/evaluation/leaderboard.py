@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..install_hint import install_hint
 from .judges import Judgment, position_consistency
 from .winrate import Battle, LCUnavailable, Rate, lc_win_rate, raw_win_rate, style_controlled_scores, style_features
 
@@ -45,8 +46,8 @@ def comparison_rates(
 ) -> dict[str, Any]:  # fmt: skip
     """Raw and LC win rate (with intervals) and position consistency of one judged comparison.
 
-    The LC win rate needs alpaca-eval (``pip install 'simpo-plugin[eval]'``); without it, it is left out and
-    ``lc_missing`` says why.
+    The LC win rate needs alpaca-eval (the ``eval`` extra; :func:`simpo_plugin.install_hint.install_hint` names
+    the command); without it, it is left out and ``lc_missing`` says why and how to install it.
     """
     p = [j.p_a for j in judgments]
     result = _flat("win_rate", raw_win_rate(p, samples=samples, seed=seed))
@@ -56,7 +57,7 @@ def comparison_rates(
     try:
         result |= _flat("lc_win_rate", lc_win_rate(p, other_chars, chars, difficulty, samples=samples, seed=seed))
     except ImportError as exc:
-        result["lc_missing"] = f"{exc}; install `simpo-plugin[eval]` (alpaca-eval) for the LC win rate"
+        result["lc_missing"] = f"{exc}; `{install_hint('eval')}` installs alpaca-eval for the LC win rate"
     except LCUnavailable as exc:
         result["lc_missing"] = str(exc)
     consistency = position_consistency(list(judgments))

@@ -39,6 +39,27 @@ def _rate(row: dict[str, Any], key: str) -> str:
     return f"{value:.1f} [{low:.1f}, {high:.1f}]"
 
 
+def _health(row: dict[str, Any], key: str) -> str:
+    return f"{row[key]:.4g}" if key in row else "n/a"
+
+
+def _consistency(row: dict[str, Any]) -> str:
+    return f"{row['position_consistency']:.2f}" if "position_consistency" in row else "n/a"
+
+
+RATES = {"lc_win_rate": "LC win rate", "win_rate": "win rate", "style_score": "style-controlled"}
+
+
+def console_line(name: str, row: dict[str, Any], baseline: str) -> str:
+    """One model's line on the console: the numbers the report prints, formatted by the same helpers (rates with
+    their 95% intervals as in the leaderboard, health as in its table), so the two never disagree."""
+    cells = [f"{label} {_rate(row, key)}" for key, label in RATES.items() if key in row]
+    cells += [f"position consistency {_consistency(row)}"] * ("position_consistency" in row)
+    cells += [f"{label} {_health(row, key)}" for key, label in HEALTH.items() if key in row]
+    cells += [f"checks {_checks(row)}"] * bool(row.get("checks"))
+    return f"`{name}`" + " (baseline)" * (name == baseline) + ": " + "; ".join(cells)
+
+
 def _checks(row: dict[str, Any]) -> str:
     cells = []
     for name, check in row.get("checks", {}).items():
@@ -61,7 +82,7 @@ def leaderboard_lines(results: dict[str, dict[str, Any]], baseline: str) -> list
     for name in sorted(results, key=order):
         row = results[name]
         length = f"{row['length']:.1f}" if "length" in row else "n/a"
-        consistency = f"{row['position_consistency']:.2f}" if "position_consistency" in row else "n/a"
+        consistency = _consistency(row)
         cells = [f"`{name}`" + " (baseline)" * (name == baseline), _rate(row, "lc_win_rate"), _rate(row, "win_rate"),
                  length, f"{row['chars']:.0f}"] + ([_rate(row, "style_score")] if style else []) + [
                  consistency, _checks(row)]  # fmt: skip
@@ -110,7 +131,7 @@ def render_eval(
     lines += ["## Answers' health", "", "| model | " + " | ".join(HEALTH[key] for key in keys) + " |",
               "|---|" + "---|" * len(keys)]  # fmt: skip
     for model in models:
-        cells = [f"{results[model][key]:.4g}" if key in results[model] else "n/a" for key in keys]
+        cells = [_health(results[model], key) for key in keys]
         lines.append(f"| `{model}` | " + " | ".join(cells) + " |")
     checked = [m for m in models if results[m].get("checks")]
     if checked:

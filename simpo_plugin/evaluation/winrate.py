@@ -137,7 +137,7 @@ def lc_win_rate(
         samples: bootstrap resamples (each refits the GLM); 0 skips the interval.
 
     Raises:
-        ImportError: alpaca-eval is not installed (``pip install 'simpo-plugin[eval]'``).
+        ImportError: alpaca-eval is not installed (the ``eval`` extra, see ``simpo_plugin.install_hint``).
         LCUnavailable: fewer than 5 instructions.
     """
     frame = glm_frame(preferences, baseline_lengths, model_lengths, difficulty)

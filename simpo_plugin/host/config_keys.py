@@ -4,7 +4,9 @@ The host's parser ends an unknown key in a 30-line traceback ("Some keys are not
 and an unknown stage name only fails later, blaming whichever stage key the host does not know. For a config of a
 plugin stage (or one whose stage is unknown), these checks run first: every key that neither the host's
 arguments nor the stage's take is named, with "did you mean" the closest known key and the file it came from.
+A key an older llamafactory took is named with what became of it (``host_keys``), before any spelling match.
 ``ALLOW_EXTRA_ARGS=1`` (the host's switch to accept unknown keys) turns the key check off, as it does the host's.
+The host's bool, int and float keys are checked for a value of their type (``host_keys.check_values``).
 """
 
 import difflib
@@ -14,6 +16,7 @@ from dataclasses import fields
 from typing import Any
 
 from ..errors import SimPOArgumentError
+from ..host_keys import check_values, moved_key
 
 
 def config_source() -> str:
@@ -52,11 +55,18 @@ def given_names(raw: dict[str, Any] | list[str]) -> list[str]:
 
 
 def check_keys(raw: dict[str, Any] | list[str], stage_class: type, stage: str) -> None:
-    """Raise one line naming every key that neither the host nor ``stage_class`` takes, with suggestions."""
+    """Raise one line naming every key that neither the host nor ``stage_class`` takes (renamed and removed host keys
+    with what replaces them, others with the closest spelling), or a host key's value of the wrong type."""
     if os.environ.get("ALLOW_EXTRA_ARGS", "").strip().lower() in ("1", "true", "yes", "on"):
         return
-    known = known_keys(*host_train_classes(), stage_class)
+    classes = host_train_classes()
+    known = known_keys(*classes, stage_class)
     unknown = [name for name in given_names(raw) if name not in known and name not in ("help", "h")]
+    moved = [text for text in map(moved_key, unknown) if text]
+    if moved:  # before any spelling match: an old key's closest spelling can be another, accepted key
+        rest = [name for name in unknown if moved_key(name) is None]
+        also = f"; unknown too: {', '.join(f'`{name}`{suggestion(name, known)}' for name in rest)}" if rest else ""
+        raise SimPOArgumentError(f"{'; '.join(moved)} (in {config_source()}){also}.")
     if unknown:
         listed = ", ".join(f"`{name}`{suggestion(name, known)}" for name in unknown)
         plural = "s" if len(unknown) > 1 else ""
@@ -64,6 +74,8 @@ def check_keys(raw: dict[str, Any] | list[str], stage_class: type, stage: str) -
             f"Unknown key{plural} {listed} in {config_source()} for `stage: {stage}`. `llamafactory-cli train "
             f"--stage {stage} --help` lists the keys."
         )
+    if isinstance(raw, dict):
+        check_values(raw, classes)
 
 
 def warn_ignored(given: set[str], stage: Any, *host_args: Any) -> None:

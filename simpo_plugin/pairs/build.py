@@ -146,7 +146,7 @@ def select_and_write(
         texts = [s["text"] for s in record["samples"]]
         truncated = [s["truncated"] for s in record["samples"]]
         selection = select_pair(texts, values, truncated, settings.min_score_gap, settings.drop_truncated)
-        stats.kept_rejected_truncated += selection.rejected_truncated  # only set on a kept pair
+        stats.count_cut(selection.chosen_truncated, selection.rejected_truncated)  # only set on a kept pair
         candidates += candidate_lines(index, prompt, record, values, selection)
         stats.prompts += 1
         stats.samples += len(texts)

@@ -52,7 +52,8 @@ def candidate_lines(index: int, prompt: Prompt, record: dict, scores: list[float
     """One JSON line per sample: text, score, flags, and its role in the pair (or the prompt's drop reason).
 
     The rejected sample of a kept pair that hit ``max_new_tokens`` is flagged ``rejected_truncated`` as well as
-    ``truncated`` (kept under ``drop_truncated: chosen`` or ``none``).
+    ``truncated`` (kept under ``drop_truncated: chosen`` or ``none``), and a kept chosen one ``chosen_truncated``
+    (kept under ``none`` only).
     """
     lines = []
     for j, sample in enumerate(record["samples"]):
@@ -61,6 +62,7 @@ def candidate_lines(index: int, prompt: Prompt, record: dict, scores: list[float
         role = "rejected" if selection.kept and j == selection.rejected else role
         flags = ["truncated"] if sample["truncated"] else []
         flags += ["rejected_truncated"] if role == "rejected" and selection.rejected_truncated else []
+        flags += ["chosen_truncated"] if role == "chosen" and selection.chosen_truncated else []
         flags += [] if sample["text"].strip() else ["empty"]
         if not math.isfinite(score):
             flags.append(f"non_finite:{score}")

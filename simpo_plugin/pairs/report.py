@@ -19,6 +19,10 @@ LENGTH_BIAS_MIN_PAIRS = 10
 SHOWN = 5
 
 
+CUT_LABELS = {"chosen": "with only the chosen answer cut off", "rejected": "with only the rejected answer cut off",
+              "both": "with both answers cut off"}  # fmt: skip
+
+
 @dataclass
 class PairsStats:
     rows: int = 0
@@ -28,7 +32,9 @@ class PairsStats:
     prompts: int = 0
     samples: int = 0
     truncated_samples: int = 0
-    kept_rejected_truncated: int = 0  # kept pairs whose rejected answer hit max_new_tokens
+    kept_rejected_truncated: int = 0  # kept pairs whose rejected answer only hit max_new_tokens
+    kept_chosen_truncated: int = 0  # kept pairs whose chosen answer only hit it (drop_truncated: none)
+    kept_both_truncated: int = 0  # kept pairs whose two answers hit it (drop_truncated: none)
     empty_samples: int = 0
     drops: Counter = field(default_factory=Counter)
     non_finite: list[str] = field(default_factory=list)
@@ -61,10 +67,21 @@ class PairsStats:
                 )
         return None
 
+    def cut_counts(self) -> tuple[int, int, int]:
+        """Kept pairs cut off at ``max_new_tokens``: the chosen answer only, the rejected only, both."""
+        return self.kept_chosen_truncated, self.kept_rejected_truncated, self.kept_both_truncated
+
+    def count_cut(self, chosen: bool, rejected: bool) -> None:
+        """Count a kept pair by which of its answers hit ``max_new_tokens``."""
+        self.kept_both_truncated += chosen and rejected
+        self.kept_chosen_truncated += chosen and not rejected
+        self.kept_rejected_truncated += rejected and not chosen
+
     def summary(self) -> str:
         drops = ", ".join(f"{reason} {self.drops[reason]}" for reason in DROP_REASONS if self.drops[reason])
-        rambled = self.kept_rejected_truncated
-        cut = f" ({rambled} with a cut-off rejected answer)" if rambled else ""
+        counts = zip(self.cut_counts(), ("chosen", "rejected", "both"), strict=True)
+        parts = [f"{count} {CUT_LABELS[side]}" for count, side in counts if count]
+        cut = f" ({', '.join(parts)})" if parts else ""
         return (
             f"{self.kept} pairs kept{cut} from {self.prompts} prompts ({self.samples} samples); "
             f"dropped: {drops or 'none'}"
@@ -103,7 +120,10 @@ def render_markdown(stats: PairsStats, dataset_name: str) -> str:
         f"| samples truncated at max_new_tokens | {stats.truncated_samples} |",
         f"| empty samples | {stats.empty_samples} |",
         f"| **pairs kept** | **{stats.kept}** |",
-        f"| kept pairs whose rejected answer was cut off at max_new_tokens | {stats.kept_rejected_truncated} |",
+        *(
+            f"| kept pairs {CUT_LABELS[side]} at max_new_tokens | {count} |"
+            for side, count in zip(("chosen", "rejected", "both"), stats.cut_counts(), strict=True)
+        ),
     ]
     lines += [f"| dropped: {reason} | {stats.drops[reason]} |" for reason in DROP_REASONS]
     lines += ["", f"Score gap (chosen - rejected) of kept pairs, min/p10/median/p90/max: {quantiles(stats.gaps)}"]

@@ -67,16 +67,25 @@ def import_callable(spec: str, key: str = "reward_function") -> Callable[..., An
 
 
 class FunctionScorer:
-    def __init__(self, spec: str) -> None:
-        self.spec, self.function = spec, import_callable(spec)
+    """``function(messages, response) -> float``; an exception or a non-number is one line naming the function, the
+    prompt and the cause (the traceback chained to it)."""
+
+    def __init__(self, spec: str, key: str = "reward_function") -> None:
+        self.spec, self.key, self.function = spec, key, import_callable(spec, key)
 
     def score(self, items: list[Item]) -> list[float]:
         scores = []
         for prompt, response in items:
-            value = self.function(prompt.chat(), response)
+            try:
+                value = self.function(prompt.chat(), response)
+            except Exception as exc:  # noqa: BLE001 - the user's code: named with the prompt, one line
+                raise PairsConfigError(
+                    f"`{self.key}: {self.spec}` failed on prompt {prompt.source}: {exc!r}; fix the function and run "
+                    "again (the finished samples and answers are kept)."
+                ) from exc
             if not isinstance(value, numbers.Real):
                 raise PairsConfigError(
-                    f"`reward_function: {self.spec}` returned {value!r} ({type(value).__name__}) for prompt "
+                    f"`{self.key}: {self.spec}` returned {value!r} ({type(value).__name__}) for prompt "
                     f"{prompt.source}; it must return a number. The samples are saved: fix it and run again."
                 )
             scores.append(float(value))

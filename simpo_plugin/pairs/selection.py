@@ -8,7 +8,8 @@ Checks run in this order, and a dropped prompt counts under the first reason tha
 4. ``truncated``: a sample of the pair hit ``max_new_tokens``, as ``drop_truncated`` says: ``chosen`` (the
    default) drops only when the chosen sample did, ``both`` when the chosen or the rejected one did, ``none``
    never. A rejected answer that rambles past the budget is what the pair should teach against, so by default
-   such a pair is kept, with ``Selection.rejected_truncated`` set;
+   such a pair is kept, with ``Selection.rejected_truncated`` set (and ``chosen_truncated`` for a chosen answer
+   kept under ``none``);
 5. ``empty``: the chosen or the rejected text is empty or whitespace (a preference for or against saying
    nothing teaches the model to stop early or to ramble).
 
@@ -30,6 +31,7 @@ class Selection:
     gap: float | None
     drop_reason: str | None
     rejected_truncated: bool = False  # a kept pair whose rejected sample hit max_new_tokens
+    chosen_truncated: bool = False  # a kept pair whose chosen sample hit max_new_tokens (drop_truncated: none)
 
     @property
     def kept(self) -> bool:
@@ -62,4 +64,4 @@ def select_pair(
         return Selection(chosen, rejected, gap, "truncated")
     if not texts[chosen].strip() or not texts[rejected].strip():
         return Selection(chosen, rejected, gap, "empty")
-    return Selection(chosen, rejected, gap, None, rejected_truncated=bool(truncated[rejected]))
+    return Selection(chosen, rejected, gap, None, bool(truncated[rejected]), bool(truncated[chosen]))

@@ -14,6 +14,7 @@ from typing import Any
 from llamafactory.extras import logging
 
 from ..errors import PairsConfigError
+from ..install_hint import install_hint
 from .endpoints import api_key, base_url
 from .managed import ManagedServer
 from .samplers import HFSampler, Sampler
@@ -71,7 +72,9 @@ def check_server(settings: Any, model_args: Any, backend: str) -> None:
     """``backend: server`` needs the ``openai`` client; a LoRA policy on a server is the adapter the server serves,
     which must be named (``server_model``)."""
     if backend == "server" and importlib.util.find_spec("openai") is None:
-        raise PairsConfigError("`backend: server` needs the `openai` client: pip install 'simpo-plugin[server]'.")
+        raise PairsConfigError(
+            f"`backend: server` needs the `openai` client, which is not installed: {install_hint('server')}."
+        )
     if backend == "server" and model_args.adapter_name_or_path and not settings.server_model:
         raise PairsConfigError(
             "`adapter_name_or_path` with `backend: server`: the server must serve the adapter (vLLM: `--enable-lora "

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ..errors import PairsConfigError
+from ..host_keys import check_values, moved_key
 
 
 if TYPE_CHECKING:
@@ -237,6 +238,8 @@ def check_keys(raw: dict[str, Any], args_class: type) -> None:
                 f"`{key}`: an API key never goes in a config file. Put it in an environment variable and name that "
                 "variable with `server_api_key_env` (default SIMPO_SERVER_API_KEY)."
             )
+        if key not in known and moved_key(key):
+            raise PairsConfigError(f"{moved_key(key)} (in the config of `{command}`).")
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f" Did you mean `{close[0]}`?" if close else ""
@@ -263,6 +266,7 @@ def parse_args(
 
     from llamafactory.hparams import get_infer_args
 
+    check_values(host, list(host_arg_classes()), PairsConfigError)
     try:
         model_args, data_args, _, _ = get_infer_args(host)
     except ValueError as exc:

@@ -5,8 +5,10 @@ Raw rows are read through the host's own loader and format converter (so every f
 exactly a row the host would drop later with a bare "Dropped invalid example" warning.
 """
 
+import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from llamafactory.data.parser import get_dataset_list
@@ -39,6 +41,42 @@ def check_preference_datasets(data_args: "DataArguments") -> None:
                     f'pairs: mark it `"ranking": true` in {data_args.dataset_dir}/dataset_info.json and give it '
                     "chosen and rejected columns (alpaca) or messages (sharegpt)."
                 )
+            check_ranking_columns(name, key, attr, data_args.dataset_dir)
+
+
+# the `columns` a ranking dataset needs, per formatting, with the host's usual column names
+RANKING_COLUMNS = {
+    "alpaca": {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected"},
+    "sharegpt": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"},
+    "openai": {"messages": "messages", "chosen": "chosen", "rejected": "rejected"},
+}
+
+
+def check_ranking_columns(name: str, key: str, attr: Any, dataset_dir: str) -> None:
+    """A ranking dataset's ``columns`` must name its prompt (or messages), chosen and rejected columns; without them
+    the host's converter looks up the column ``None`` and fails with a bare KeyError."""
+    wanted = RANKING_COLUMNS.get(attr.formatting, RANKING_COLUMNS["alpaca"])
+    missing = [column for column in wanted if column != "query" and getattr(attr, column, None) is None]
+    if not missing:
+        return
+    info = Path(dataset_dir or ".", "dataset_info.json")
+    try:
+        entry = json.loads(info.read_text(encoding="utf-8")).get(name)
+    except (OSError, ValueError, AttributeError):
+        entry = None
+    given = entry.get("columns") if isinstance(entry, dict) else None
+    where = f"Dataset `{name}` (from `{key}`, a ranking {attr.formatting} dataset in {info})"
+    if not isinstance(given, dict):
+        raise SimPOArgumentError(
+            f"{where} has no `columns` mapping, so the host cannot find its chosen and rejected answers. Add to its "
+            f'entry, naming the data file\'s own columns: "columns": {json.dumps(wanted)}'
+        )
+    names = ", ".join(f"`{column}`" for column in missing)
+    raise SimPOArgumentError(
+        f"{where}: its `columns` mapping {json.dumps(given)} names no {names} column. Add "
+        + ", ".join(f'"{column}": "{wanted[column]}"' for column in missing)
+        + f' (the data file\'s own column names), e.g. "columns": {json.dumps({**wanted, **given})}'
+    )
 
 
 def _is_text(message: Any) -> bool:
