@@ -47,6 +47,7 @@ RULES = [
     ("simpo_plugin.exits", ("simpo_plugin.", *HEAVY), "neutral modules depend on nothing"),
     ("simpo_plugin.notice", ("simpo_plugin.", *HEAVY), "neutral modules depend on nothing"),
     ("simpo_plugin.lazy", ("simpo_plugin.", *HEAVY), "neutral modules depend on nothing"),
+    ("simpo_plugin.recap", ("simpo_plugin.", *HEAVY), "neutral modules depend on nothing"),
     ("simpo_plugin.ranks", ("simpo_plugin.",), "neutral modules depend on nothing of the plugin (torch, lazily)"),
 ]  # fmt: skip
 
