@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from . import __version__
-from .errors import RunStopped, SimPOArgumentError
+from .errors import EmptyOutput, RunStopped, SimPOArgumentError
 
 
 USAGE = """usage: simpo-plugin <command> CONFIG.yaml [key=value | --key value ...]
@@ -170,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         return COMMANDS[name](rest)
+    except EmptyOutput as exc:
+        print(f"simpo-plugin {name}: error: {exc}", file=sys.stderr)
+        return 1
     except RunStopped as exc:
         print(f"simpo-plugin {name}: {exc}", file=sys.stderr)
         return 1

@@ -19,6 +19,11 @@ class RunStopped(RuntimeError):
     exits with status 1. What was finished is saved and the same command resumes."""
 
 
+class EmptyOutput(RunStopped):
+    """A run that finished with nothing usable (no pair kept, every answer of a model empty); the message counts
+    why and names the key that fixes it. What the run found is written (its report says the rest); exit status 1."""
+
+
 class FeatureUnavailable(RuntimeError):
     """An optional feature cannot work in this run; the message says why and what to change."""
 

@@ -97,7 +97,7 @@ def test_blank_responses_are_dropped_before_the_model_loads(tiny_assets, tmp_pat
     output = result.stdout  # the host's log lines
     warning = "Dataset `blanks`: 3 of 10 pairs have an empty (or whitespace-only) chosen or rejected response"
     warning += " (rows 2, 5, 9)"
-    assert output.count(warning) == 1
+    assert output.count(warning) == 2  # when it happened, and once more in the run's recap
     assert output.index(warning) < output.index("SimPO train data: 7 pairs used") < output.index("trainable params")
 
 
@@ -222,3 +222,45 @@ def test_pairs_names_the_same_cause(tiny_assets, tmp_path) -> None:
     prompts = load_prompts(model_args, data_args, get_template_and_fix_tokenizer(tokenizer, data_args), tokenizer)
     assert len(prompts.prompts) == 1 and len(prompts.unusable) == 3
     assert all("the conversation has an even number of turns" in line for line in prompts.unusable)
+
+
+LONG_PROMPT = "Tell me everything about " + " and ".join(f"the topic number {i}" for i in range(30)) + "."
+
+
+def _last_lines(output: str, count: int) -> list[str]:
+    return [line for line in output.splitlines() if line.strip()][-count:]
+
+
+def test_cutoff_that_cuts_every_prompt_before_its_answer_is_an_error(tiny_assets, tmp_path) -> None:
+    """Short responses survive `cutoff_len` (the host keeps them first), but no prompt keeps its assistant header:
+    today this trained without a word; it fails before the model loads, naming cutoff_len and the longest prompt."""
+    rows = [{"instruction": f"{LONG_PROMPT} {i}", "input": "", "chosen": "a b", "rejected": "c"} for i in range(8)]
+    config = base_config(tiny_assets, tmp_path / "o", dataset="long", dataset_dir=_register(tmp_path, "long", rows),
+                         eval_dataset=None, do_eval=False, cutoff_len=32)  # fmt: skip
+    result = run_cli(config, tmp_path)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("simpo-plugin: error:")]
+    assert result.returncode != 0 and len(errors) == 1, result.stderr[-2000:]
+    assert "`cutoff_len: 32` cuts the prompt of all 8 training pairs before its assistant header" in errors[0]
+    assert "the longest prompt is " in errors[0] and "Raise `cutoff_len` above " in errors[0]
+    assert "Traceback" not in result.stderr and "trainable params" not in result.stdout
+
+
+def test_most_prompts_cut_warn_and_the_run_ends_with_its_warnings_recap(tiny_assets, tmp_path) -> None:
+    """Most (not all) prompts cut: a counted warning. The run's last lines recap each warning once (also the setup
+    hint, printed long before), and no transformers warning names our GuardedCallback ("already one")."""
+    rows = [{"instruction": f"{LONG_PROMPT} {i}" if i % 4 else f"q{i}", "input": "", "chosen": "a b", "rejected": "c"}
+            for i in range(8)]  # fmt: skip
+    config = base_config(tiny_assets, tmp_path / "o", dataset="mixed", dataset_dir=_register(tmp_path, "mixed", rows),
+                         eval_dataset=None, do_eval=False, cutoff_len=32, max_steps=2, per_device_train_batch_size=4,
+                         simpo_probe_prompts=2)  # fmt: skip
+    result = run_cli(config, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    warning = "`cutoff_len: 32` cuts the prompt of 6 of 8 training pairs before its assistant header"
+    assert output.count(warning) == 2  # when it happened, and in the recap
+    assert "already one" not in output and "GuardedCallback" not in output
+    last = _last_lines(result.stdout, 3)
+    assert "simpo-plugin: recap: this run gave 2 warnings (printed above as they came):" in last[0], last
+    assert "simpo-plugin: recap 1/2: " in last[1] and warning in last[1]
+    assert "simpo-plugin: recap 2/2: hint: effective batch 4" in last[2]
+    assert all(line.startswith("[WARNING|") and "llamafactory.simpo" in line for line in last)

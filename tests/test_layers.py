@@ -50,6 +50,7 @@ RULES = [
     ("simpo_plugin.install_hint", ("simpo_plugin.", *HEAVY), "neutral modules depend on nothing"),
     ("simpo_plugin.host_keys", ("simpo_plugin.lean", "simpo_plugin.data", "simpo_plugin.train", "simpo_plugin.host",
                                 *COMMANDS, *HEAVY), "neutral modules depend on nothing of the layers"),
+    ("simpo_plugin.recap", ("simpo_plugin.", *HEAVY), "neutral modules depend on nothing"),
     ("simpo_plugin.ranks", ("simpo_plugin.",), "neutral modules depend on nothing of the plugin (torch, lazily)"),
 ]  # fmt: skip
 

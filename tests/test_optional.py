@@ -53,8 +53,10 @@ def test_optional_builds_and_one_line_causes() -> None:
 
 @pytest.fixture(scope="module")
 def long_prompts(tiny_assets, tmp_path_factory):
-    """Pairs whose prompts are all longer than the cutoff below (legal training data: the host truncates them)."""
+    """Pairs whose prompts are all longer than the cutoff below (the probes' prompts, from `eval_dataset`), and the
+    same pairs as they are (training on prompts that all lose their end is refused: tests/test_data_checks.py)."""
     root = tmp_path_factory.mktemp("long")
+    write_preference_dataset(root, "short_prompts", preference_rows(16, seed=4))
     rows = preference_rows(16, seed=4)
     for row in rows:
         row["instruction"] = " ".join([row["instruction"]] * 12)
@@ -63,12 +65,14 @@ def long_prompts(tiny_assets, tmp_path_factory):
 
 
 def test_probes_that_cannot_run_turn_off_and_training_goes_on(tiny_assets, long_prompts, tmp_path) -> None:
-    config = base_config(tiny_assets, tmp_path / "out", dataset="long_prompts", dataset_dir=str(long_prompts),
-                         eval_dataset=None, do_eval=False, cutoff_len=48, max_steps=2, logging_steps=1,
+    config = base_config(tiny_assets, tmp_path / "out", dataset="short_prompts", dataset_dir=str(long_prompts),
+                         eval_dataset="long_prompts", do_eval=False, cutoff_len=48, max_steps=2, logging_steps=1,
                          simpo_probe_steps=1)  # fmt: skip
     result = run_cli(config, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = [line for line in (result.stdout + result.stderr).splitlines() if "turned off" in line]
+    lines = [
+        line for line in (result.stdout + result.stderr).splitlines() if "turned off" in line and "recap" not in line
+    ]  # once, and once more in the run's recap
     assert len(lines) == 1
     assert "Generation probes turned off, training goes on: No prompt fits `cutoff_len`" in lines[0]
     assert [e["step"] for e in log_history(tmp_path / "out") if "loss" in e] == [1, 2]
@@ -84,7 +88,9 @@ def test_a_probe_scorer_failing_mid_run_turns_probes_off_on_every_rank(tiny_asse
                          simpo_probe_reward_function=f"{REWARDS}:fails_after_the_first_probe")  # fmt: skip
     result = run_cli(config, tmp_path, env=cli_env(FORCE_TORCHRUN="1", NPROC_PER_NODE="2"))
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = [line for line in (result.stdout + result.stderr).splitlines() if "turned off" in line]
+    lines = [
+        line for line in (result.stdout + result.stderr).splitlines() if "turned off" in line and "recap" not in line
+    ]  # once, and once more in the run's recap
     assert len(lines) == 1 and "the reward server went away" in lines[0], result.stderr[-3000:]
     history = log_history(tmp_path / "out")
     assert [e["step"] for e in history if "probe/length" in e] == [0]  # the probe at step 2 failed: no more probes

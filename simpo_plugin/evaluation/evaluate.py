@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from ..errors import PairsConfigError
 from ..pairs import check_scorer, import_callable, load_scorer
+from ..recap import recapped
 from ..sampling import Prompt, check_keys, instruction_prompts, load_prompts, load_sampler, parse_args, write_atomic
 from .answers import ModelEntry, align, parse_models, read_difficulty, read_outputs
 from .args import EvalArguments
@@ -28,6 +29,7 @@ from .checks import check_prompts, dropped, load_check_set, score
 from .judges import FunctionJudge, Judgment, from_scores, load_llm_judge
 from .leaderboard import Comparison, build_leaderboard, pairwise_table
 from .metrics import Generated, summarize
+from .outcome import check_answers
 from .report import console_line, plot_eval, plot_win_rates, render_eval
 
 
@@ -110,7 +112,16 @@ def comparisons(names: list[str], baseline: str, pairwise: bool) -> list[Compari
 
 
 def evaluate_models(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Run the evaluation for a config dict; returns each model's results (also written to ``output_dir``)."""
+    """Run the evaluation for a config dict; returns each model's results (also written to ``output_dir``).
+
+    Raises:
+        simpo_plugin.errors.EmptyOutput: every answer of a model is empty (the outputs are written).
+    """
+    with recapped(logger):  # the run's last lines say again what it warned about
+        return _evaluate_models(raw)
+
+
+def _evaluate_models(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     check_keys(raw, EvalArguments)
     settings = EvalArguments(**{k: v for k, v in raw.items() if k in EvalArguments.__dataclass_fields__})
     entries = parse_models(list(settings.models or []))
@@ -229,6 +240,9 @@ def evaluate_models(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
                     f"{interval[1]:.1f}]): a capability dropped."
                 )
     write_outputs(settings, names, baseline, prompts, answers, scores, judged, results, check_sets, replies, timing)
+    written = f"{Path(settings.output_dir or '.')}/eval_generations.jsonl"
+    for warning in check_answers(answers, set(replies), settings.max_new_tokens, written):
+        logger.warning_rank0(f"simpo-plugin: warning: {warning}")
     return results
 
 

@@ -18,6 +18,7 @@ from llamafactory.extras import logging
 from tqdm import tqdm
 
 from ..errors import PairsConfigError
+from ..recap import recapped
 from ..sampling import (
     PartStore,
     Prompt,
@@ -33,6 +34,7 @@ from ..sampling import (
     write_atomic,
 )
 from .args import PairsArguments, fingerprint, parse_pairs_args
+from .outcome import check_outcome
 from .outputs import candidate_lines, pair_row, write_dataset
 from .report import PairsStats, plot_report, render_markdown
 from .scorers import check_scorer, load_scorer
@@ -170,7 +172,16 @@ def select_and_write(
 
 
 def build_pairs(raw: dict[str, Any]) -> PairsStats | None:
-    """Run the whole recipe for a config dict; returns the stats, or None for a shard (no outputs yet)."""
+    """Run the whole recipe for a config dict; returns the stats, or None for a shard (no outputs yet).
+
+    Raises:
+        simpo_plugin.errors.EmptyOutput: no pair was kept (the outputs are written; the message says why).
+    """
+    with recapped(logger):  # the run's last lines say again what it warned about
+        return _build_pairs(raw)
+
+
+def _build_pairs(raw: dict[str, Any]) -> PairsStats | None:
     settings, model_args, data_args = parse_pairs_args(raw)
     backend = settings.resolved_backend
     output_dir = Path(settings.output_dir)
@@ -218,6 +229,8 @@ def build_pairs(raw: dict[str, Any]) -> PairsStats | None:
     plot_report(stats, output_dir / "pairs_report.png")
     logger.info_rank0(f"{stats.summary()}. Written: {output_dir}/pairs.json, pairs_report.md, candidates.jsonl")
     if warning := stats.length_warning():
+        logger.warning_rank0(f"simpo-plugin pairs: {warning}")
+    if warning := check_outcome(stats, settings, f"{output_dir}/pairs_report.md, candidates.jsonl"):
         logger.warning_rank0(f"simpo-plugin pairs: {warning}")
     logger.info_rank0(f"Train on them with `dataset_dir: {output_dir}` and `dataset: {settings.dataset_name}`.")
     return stats

@@ -43,8 +43,11 @@ COLLAPSE = ("eos_drop", "repetition", "length_drift", "duplicates", "short_answe
 
 
 class CollapseMonitor(TrainerCallback):
-    def __init__(self, output_dir: str, stop_on_collapse: bool = False) -> None:
+    def __init__(self, output_dir: str, stop_on_collapse: bool = False, lengths: str = "the training data") -> None:
+        """``lengths``: where the chosen and rejected lengths of the run's pairs can be read, for the length
+        warnings (``pairs_report.md`` when the data came from ``simpo-plugin pairs``, else the dataset)."""
         self.path = Path(output_dir) / WARNINGS_FILE
+        self.lengths = lengths
         self.stop_on_collapse = stop_on_collapse
         self.warned: set[str] = set()
         self.train: list[dict[str, float]] = []
@@ -130,14 +133,16 @@ class CollapseMonitor(TrainerCallback):
                 found.append(("short_answers", f"probe answers shrank to {words:.1f} words on average (from "
                               f"{words0:.1f} at the start): the model is learning to say as little as possible, "
                               "a collapse that length-normalized rewards allow. Lower learning_rate; check that "
-                              "chosen answers are not systematically shorter (pairs_report.md)."))  # fmt: skip
+                              f"chosen answers are not systematically shorter than rejected ones {self.lengths}."
+                              ))  # fmt: skip
         length, length0 = logs["probe/length"], start["probe/length"]
         ratio = THRESHOLDS["length_ratio"]
         comparable = length0 >= THRESHOLDS["length_min_start"] and eos0 >= THRESHOLDS["length_eos_start"]
         if comparable and not length0 / ratio <= length <= length0 * ratio:
             found.append(("length_drift", f"the mean probe answer length went from {length0:.1f} to {length:.1f} "
-                          "tokens: SimPO is learning a length preference from the data. Check pairs_report.md's "
-                          "length share, raise simpo_gamma_beta_ratio, or lower learning_rate."))  # fmt: skip
+                          f"tokens: SimPO is learning a length preference from the data. Compare the chosen and "
+                          f"rejected lengths {self.lengths}, raise simpo_gamma_beta_ratio, or lower "
+                          "learning_rate."))  # fmt: skip
         for key, high in logs.items():
             if key.startswith("probe/check_change_high/") and high < 0:
                 name = key.rsplit("/", 1)[1]

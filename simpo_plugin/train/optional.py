@@ -59,3 +59,20 @@ class GuardedCallback(TrainerCallback):
 
 for _event in EVENTS:
     setattr(GuardedCallback, _event, partialmethod(GuardedCallback._event, _event))
+
+
+_GUARDED: dict[type, type[GuardedCallback]] = {}
+
+
+def guard(inner: TrainerCallback, feature: str, fix: str) -> GuardedCallback:
+    """``inner`` guarded, as an instance of a :class:`GuardedCallback` subclass named after it (``GuardedFoo``).
+
+    Transformers' trainer keeps one callback per class (``CallbackHandler.add_callback`` warns "... but there is
+    already one" on a second instance): with one wrapper class for every feature, the probe and the monitor would
+    read as one callback added twice. A class per wrapped class keeps that check meaningful and the trainer's
+    callback list readable.
+    """
+    kind = type(inner)
+    if kind not in _GUARDED:
+        _GUARDED[kind] = type(f"Guarded{kind.__name__}", (GuardedCallback,), {"__module__": __name__})
+    return _GUARDED[kind](inner, feature, fix)

@@ -6,6 +6,7 @@ probed for the whole run and across resumes.
 """
 
 import copy
+from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,7 @@ from ..evaluation import check_prompts, load_check_set
 from ..pairs import check_scorer
 from ..sampling import load_prompts
 from .monitor import CollapseMonitor
-from .optional import GuardedCallback, optional
+from .optional import guard, optional
 from .probes import GenerationProbe, ProbeSettings
 
 
@@ -101,8 +102,11 @@ def attach_watchers(
     Both are optional features: a failure turns the one that failed off with one warning line (its build, or any
     of its events later), and training goes on.
     """
-    monitor = CollapseMonitor(trainer.args.output_dir, config.stop_on_collapse)
-    guarded = GuardedCallback(monitor, "The collapse monitor", "Report the cause it names.")
+    report = Path(data_args.dataset_dir, "pairs_report.md")  # present when the data came from `simpo-plugin pairs`
+    names = ", ".join(f"`{name}`" for name in data_args.dataset or [])
+    lengths = f"(the length share in {report})" if report.is_file() else f"in {names}"
+    monitor = CollapseMonitor(trainer.args.output_dir, config.stop_on_collapse, lengths)
+    guarded = guard(monitor, "The collapse monitor", "Report the cause it names.")
     callbacks = trainer.callback_handler.callbacks  # before the host's LogCallback: its row then has the warnings
     host_log = next((i for i, cb in enumerate(callbacks) if type(cb).__name__ == "LogCallback"), len(callbacks))
     callbacks.insert(host_log, guarded)
@@ -110,5 +114,5 @@ def attach_watchers(
         build = lambda: build_probe(trainer, config, model_args, data_args, template, tokenizer)  # noqa: E731
         probe = optional("Generation probes", PROBE_FIX, build)
         if probe is not None:
-            trainer.add_callback(GuardedCallback(probe, "Generation probes", PROBE_FIX))
+            trainer.add_callback(guard(probe, "Generation probes", PROBE_FIX))
     return monitor

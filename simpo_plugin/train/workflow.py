@@ -18,8 +18,10 @@ from llamafactory.train.trainer_utils import create_modelcard_and_push
 from ..data import converter_warnings
 from ..errors import SimPOArgumentError
 from ..exits import record_exit_code
+from ..recap import recapped
 from .checkpoints import checkpoint_dir
 from .collate import LayoutCollator
+from .cutoff import check_prompt_cuts
 from .data_checks import (
     check_preference_datasets,
     check_raw_datasets,
@@ -75,7 +77,8 @@ def run_simpo(
     The trainer, its DDP wrapper and their process-group work objects sit in reference cycles; left to the
     interpreter's teardown (after the host destroys the process group), gloo can abort the process at exit.
     """
-    preempted = _train_and_evaluate(model_args, data_args, training_args, finetuning_args, callbacks)
+    with recapped(logger):  # the run's last lines say again what it warned about: warnings scroll away in the bars
+        preempted = _train_and_evaluate(model_args, data_args, training_args, finetuning_args, callbacks)
     gc.collect()
     if preempted is not None:
         raise preempted
@@ -109,6 +112,9 @@ def _train_and_evaluate(
             f"No training pairs left in {data_args.dataset} after preprocessing; check that the dataset is not empty "
             f"and that `cutoff_len` ({data_args.cutoff_len}) leaves room for the responses."
         )
+    if training_args.do_train:
+        check_prompt_cuts(dataset_module.get("train_dataset"), template, tokenizer, model_args, data_args,
+                          training_args)  # fmt: skip
     check_flash_attention(model_args, model_type=lambda: getattr(load_config(model_args), "model_type", None))
     model = load_model(tokenizer, model_args, finetuning_args, training_args.do_train)
 
