@@ -188,6 +188,16 @@ def test_a_kill_during_round_2_training_resumes_to_the_same_results(two_rounds, 
     assert rows == expected
 
 
+def test_a_round_that_keeps_no_pair_stops_with_the_round_and_the_breakdown(tiny_assets, tmp_path) -> None:
+    config = rounds_config(tiny_assets, tmp_path)
+    config["pairs"] |= {"max_new_tokens": 1, "drop_truncated": "chosen", "num_samples": 2}  # every sample cut off
+    result = run_rounds(config, tmp_path / "rounds.yaml")
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "round 1: no pairs kept from" in result.stderr and "`max_new_tokens: 1`" in result.stderr
+    assert "Change the `pairs:` block and run again." in result.stderr
+    assert not (tmp_path / "out" / "round_1" / "phases.json").exists() and not (tmp_path / "out" / "round_2").exists()
+
+
 def test_prompt_slices_split_the_prompts_into_disjoint_parts() -> None:
     from simpo_plugin.errors import PairsConfigError
     from simpo_plugin.pairs import PairsArguments
@@ -229,6 +239,8 @@ def test_prompt_slices_split_the_prompts_into_disjoint_parts() -> None:
         ({"adapters": "stack", "train": {"finetuning_type": "lora"}, "pairs": {"backend": "server"}},
          r"`adapters: stack` cannot run here: a server serves one adapter"),
         ({"eval": {"answers_cache": "x"}}, r"`eval.answers_cache` is set by the loop: the rounds share"),
+        ({"train": {"new_special_tokens": "<x>"}}, r"In the `train:` block: `new_special_tokens` was renamed "
+         r"`add_special_tokens` in llamafactory 0.9.3"),
         ({"eval": {"dataset": None}}, r"`eval.dataset` is required"),
     ],
 )  # fmt: skip

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SimPOArgumentError
+from ..host_keys import moved_key
 
 
 TOP_KEYS = {"model_name_or_path", "template", "output_dir", "rounds", "prompts_per_round", "stop_when", "adapters"}
@@ -122,6 +123,9 @@ def check_block(name: str, block: Any, known: set[str]) -> dict[str, Any]:
         if key in LOOP_SETS[name]:
             raise SimPOArgumentError(f"`{name}.{key}` is set by the loop: {LOOP_SETS[name][key]}; remove it.")
         if key not in known:
+            moved = moved_key(key)
+            if moved:
+                raise SimPOArgumentError(f"In the `{name}:` block: {moved}.")
             raise SimPOArgumentError(f"Unknown key `{name}.{key}` for the `{name}:` block.{closest(key, known)}")
     return dict(block)
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import RunStopped
+from ..errors import EmptyOutput, RunStopped
 from ..evaluation import evaluate_models
 from ..pairs import build_pairs
 from .config import RoundsConfig
@@ -78,13 +78,11 @@ def make_pairs(config: RoundsConfig, r: int, policy: dict[str, str], folder: Pat
     keys = {**config.pairs, **policy, "template": config.template,
             "output_dir": str(folder), "prompt_slice": slice_of(config, r)}  # fmt: skip
     started = time.monotonic()
-    stats = build_pairs(keys)
+    try:
+        stats = build_pairs(keys)
+    except EmptyOutput as exc:
+        raise EmptyOutput(f"round {r}: {exc} Change the `pairs:` block and run again.") from exc
     kept = int(getattr(stats, "kept", 0) or 0)
-    if kept == 0:
-        raise RunStopped(
-            f"round {r} kept no pairs ({folder / 'pairs_report.md'} says why): nothing to train on. Change the "
-            "`pairs:` block (more prompts or samples, a larger max_new_tokens) and run again."
-        )
     return {"dataset": config.pairs.get("dataset_name", "onpolicy"), "dataset_dir": str(folder), "kept": kept,
             "prompt_slice": keys["prompt_slice"], "seconds": time.monotonic() - started}  # fmt: skip
 
