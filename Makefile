@@ -99,13 +99,13 @@ setup-lowest:
 	@test -n "$(PYTHON312)" || { echo "make: Python 3.12 not found; set PYTHON312=/path/to/python3.12"; exit 2; }
 	$(MAKE) setup $(LOWEST_VARS)
 
-# On-policy pairs with the real model, SimPO on them, then the result against its start (CPU, about 10 minutes);
-# see docs/onpolicy.md and docs/monitoring.md.
 # Three rounds of pairs, SimPO and evaluation on SmolLM2 (docs/rounds.md): 18 minutes on 2 cores.
 rounds-demo: setup
 	$(PY) -m simpo_plugin.testing --smollm2 models/smollm2-135m-instruct
 	simpo-plugin rounds examples/rounds/smollm2.yaml
 
+# On-policy pairs with the real model, SimPO on them, then the result against its start, judged twice: by the
+# pairs' reward and by an LLM judge (CPU, about 10 minutes); see docs/onpolicy.md and docs/evaluation.md.
 onpolicy-demo: setup
 	$(PY) -m simpo_plugin.testing --smollm2 models/smollm2-135m-instruct
 	simpo-plugin pairs examples/onpolicy/pairs.yaml

@@ -126,3 +126,25 @@ def test_pairs_and_eval_load_their_models_whole_on_this_process_device(gpu: bool
     raw = yaml.safe_load((EXAMPLES / name).read_text())
     _, model_args, _ = parse_args(raw, EvalArguments, model_path=raw["models"][0])
     assert model_args.device_map == ({"": torch.device("cuda", 3)} if gpu else "auto")
+
+
+# The demos' training rows: the demo's synthetic set (simpo_plugin.testing) and the on-policy example's pairs (at
+# most one per prompt of its 48).
+DEMO_ROWS = {"demo/simpo_demo.yaml": 256, "onpolicy/train.yaml": 48}
+
+
+@pytest.mark.parametrize("name", sorted(DEMO_ROWS))
+def test_the_demos_probe_often_enough_to_draw_a_curve(name: str) -> None:
+    """Probes run at step 0, every `simpo_probe_steps` and at the end: at least 6 points on each probe curve."""
+    import inspect
+    import math
+
+    from simpo_plugin.testing import build_demo_assets
+
+    assert inspect.signature(build_demo_assets).parameters["n_train"].default == DEMO_ROWS["demo/simpo_demo.yaml"]
+    config = yaml.safe_load((EXAMPLES / name).read_text())
+    batch = config["per_device_train_batch_size"] * config.get("gradient_accumulation_steps", 1)
+    steps = int(config["num_train_epochs"] * math.ceil(DEMO_ROWS[name] / batch))
+    every = config.get("simpo_probe_steps", 50)  # the stage's default
+    points = len(range(0, steps + 1, every)) + (steps % every != 0)
+    assert points >= 6, (name, steps, every)

@@ -132,3 +132,19 @@ def test_launcher_patch_is_idempotent_reversible_and_leaves_other_stages_to_the_
         assert (result == "host's run") is host
         if not host:  # the plugin's runner: no CalledProcessError, the child's own code
             assert result.returncode == 7
+
+
+def test_dataset_list_patch_is_idempotent_and_reversible() -> None:
+    import llamafactory.webui.components.train as train_tab
+    from llamafactory.webui import control
+
+    patched = train_tab.list_datasets
+    assert patched.__simpo_original__ is control.list_datasets
+    assert patches.patch_dataset_list(train_tab) is False
+    try:
+        assert patches.unpatch_dataset_list(train_tab) is True
+        assert train_tab.list_datasets is control.list_datasets
+        assert patches.unpatch_dataset_list(train_tab) is False
+    finally:
+        assert patches.patch_dataset_list(train_tab) is True
+    assert train_tab.list_datasets.__simpo_original__ is control.list_datasets

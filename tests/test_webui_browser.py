@@ -71,16 +71,19 @@ def test_browser_preview_shows_a_simpo_command(webui, tiny_assets) -> None:
             dpo_only = [page.locator("input[type=number][aria-label*='Beta value']"),
                         page.locator("input[type=number][aria-label*='Ftx gamma']"),
                         page.get_by_label("Loss type", exact=True)]  # fmt: skip
-            for widget in dpo_only:  # the host's DPO beta, ftx weight and loss type do not apply to SimPO
+            ppo_only = [page.get_by_role("textbox", name="Reward model"),  # its name goes on with its info line
+                        page.get_by_role("checkbox", name="Score norm", exact=True)]  # fmt: skip
+            for widget in dpo_only + ppo_only:  # the host's DPO beta, ftx weight, loss type and PPO's do not apply
                 expect(widget).to_be_hidden(timeout=30_000)
             expect(page.locator("input[type=number][aria-label*='SimPO beta']")).to_be_visible()
+            learning_rate = page.get_by_role("textbox", name="Learning rate")  # its name goes on with its info
+            expect(learning_rate).to_have_value("1e-6", timeout=30_000)  # SimPO's, where the host's 5e-5 stood
             page.get_by_label("Model name", exact=True).click()
             page.get_by_role("option").first.click()
             page.locator("label", has_text="Model path").locator("textarea").fill(str(tiny_assets["model"]))
             dataset = page.get_by_label("Dataset", exact=True).first
             dataset.click()
-            dataset.fill("simpo_synthetic")
-            dataset.press("Enter")
+            page.get_by_role("option", name="simpo_demo").click(timeout=30_000)  # bundled with the plugin, offered
             beta = page.locator("input[type=number][aria-label*='SimPO beta']")
             beta.fill("3.5")
             beta.press("Enter")
@@ -96,9 +99,10 @@ def test_browser_preview_shows_a_simpo_command(webui, tiny_assets) -> None:
             simpo_only = page.locator("input[type=number][aria-label*='SimPO beta']")
             stage.click()
             page.get_by_role("option", name="DPO", exact=True).click()
-            for widget in dpo_only:  # back to DPO: its widgets are shown again ...
+            for widget in dpo_only + ppo_only:  # back to DPO: the host's widgets are shown again ...
                 expect(widget).to_be_visible(timeout=30_000)
             expect(simpo_only).to_be_hidden(timeout=30_000)  # ... and SimPO's are not
+            expect(learning_rate).to_have_value("5e-5", timeout=30_000)  # and the host's learning rate is back
             page.screenshot(path=str(ARTIFACTS / "webui_dpo_widgets.png"), full_page=True)
             stage.click()
             page.get_by_role("option", name="SimPO").click()
@@ -112,6 +116,7 @@ def test_browser_preview_shows_a_simpo_command(webui, tiny_assets) -> None:
     assert "--pref_beta 3.5" in command
     assert "--simpo_gamma 1.75" in command and "--simpo_gamma_beta_ratio" not in command
     assert "--pref_loss" not in command
+    assert "--dataset simpo_demo" in command and "--learning_rate 1e-06" in command
 
 
 def test_a_run_started_from_the_ui_trains_the_tiny_model(tiny_assets, tmp_path, monkeypatch) -> None:

@@ -12,12 +12,13 @@ This package imports nothing from the stage, the host glue, sampling, pairs, eva
 (tests/test_layers.py); the host loads with :func:`converted_rows`.
 """
 
-from .names import BUNDLED_DIR, bundled_names, check_registered, resolve_dataset_dir
+from .names import BUNDLED_DIR, bundled_info, bundled_names, check_registered, resolve_dataset_dir
 from .rows import converted_rows, converter_warnings
 
 
 __all__ = [
     "BUNDLED_DIR",
+    "bundled_info",
     "bundled_names",
     "check_registered",
     "converted_rows",

@@ -28,8 +28,13 @@ def registered(dataset_dir: str | Path) -> dict | None:
         raise SimPOArgumentError(f"{path.resolve()} is not valid JSON: {exc}.") from exc
 
 
+def bundled_info() -> dict[str, dict]:
+    """The bundled datasets' ``dataset_info.json`` entries (LLaMA Board offers them beside ``dataset_dir``'s)."""
+    return registered(BUNDLED_DIR) or {}
+
+
 def bundled_names() -> list[str]:
-    return sorted(registered(BUNDLED_DIR) or {})
+    return sorted(bundled_info())
 
 
 def resolve_dataset_dir(names: list[str], dataset_dir: str) -> str:

@@ -163,21 +163,65 @@ def _pyplot() -> Any:
     return plt
 
 
+PANEL_WIDTH = 4.2  # inches: a panel of horizontal bars, model names on the left
+ASPECT = (0.6, 2.0)  # the figure's width / height stays in this range whatever the models and metrics
+
+
+def eval_report_grid(metrics: int, models: int) -> tuple[int, int, float, float]:
+    """(rows, columns, width, height in inches) of ``eval_report.png``: one panel per metric, one bar per model.
+    A panel grows with its models (0.3 inch a bar), the columns (at most 4) are those whose figure is nearest to
+    3:2, and a figure still outside :data:`ASPECT` is widened or heightened into it: the text keeps its size (9
+    points) however many panels there are."""
+    panel_height = 1.1 + 0.3 * models
+    best = None
+    for columns in range(1, min(metrics, 4) + 1):
+        rows = -(-metrics // columns)
+        width, height = columns * PANEL_WIDTH, rows * panel_height
+        distance = abs(math.log(width / height / 1.5))
+        if best is None or distance < best[0]:
+            best = (distance, rows, columns, width, height)
+    _, rows, columns, width, height = best
+    width = max(width, ASPECT[0] * height)
+    height = max(height, width / ASPECT[1])
+    return rows, columns, width, height
+
+
 def plot_eval(results: dict[str, dict[str, Any]], path: Path) -> Path:
-    """One bar panel per health metric, one bar per model."""
+    """``eval_report.png``: :func:`draw_eval`'s figure."""
+    figure = draw_eval(results)
+    figure.savefig(path, dpi=100)
+    _pyplot().close(figure)
+    return path
+
+
+def draw_eval(results: dict[str, dict[str, Any]]) -> Any:
+    """One panel per health metric, one horizontal bar per model, laid out by :func:`eval_report_grid`."""
     plt = _pyplot()
     models = list(results)
     keys = [key for key in HEALTH if any(key in metrics for metrics in results.values())]
-    figure, axes = plt.subplots(1, len(keys), figsize=(3 * len(keys), 3.2), squeeze=False)
-    labels = [Path(m).name or m for m in models]
-    for axis, key in zip(axes[0], keys, strict=True):
-        axis.bar(range(len(models)), [results[m].get(key, 0.0) for m in models], color="#1f77b4")
-        axis.set_xticks(range(len(models)), labels, rotation=30, ha="right", fontsize=8)
-        axis.set_title(HEALTH[key], fontsize=9)
+    rows, columns, width, height = eval_report_grid(max(len(keys), 1), len(models))
+    figure, axes = plt.subplots(rows, columns, figsize=(width, height), squeeze=False)
+    labels = [_short(Path(m).name or m) for m in models]
+    positions = range(len(models))[::-1]  # the first model on top, as in the tables
+    for axis, key in zip(axes.flat, keys, strict=False):
+        values = [results[m].get(key, 0.0) for m in models]
+        axis.barh(positions, values, color="#1f77b4")
+        axis.set_yticks(positions, labels, fontsize=9)
+        axis.tick_params(axis="x", labelsize=9)
+        axis.set_title(HEALTH[key], fontsize=10)
+        axis.grid(axis="x", alpha=0.3)
+        for position, value in zip(positions, values, strict=True):
+            axis.annotate(f"{value:.3g}", (value, position), xytext=(3, 0), textcoords="offset points",
+                          va="center", fontsize=8)  # fmt: skip
+        axis.margins(x=0.2)
+    for axis in list(axes.flat)[len(keys) :]:
+        axis.set_visible(False)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return figure
+
+
+def _short(name: str, limit: int = 28) -> str:
+    return name if len(name) <= limit else name[: limit - 3] + "..."
 
 
 def plot_win_rates(results: dict[str, dict[str, Any]], baseline: str, path: Path) -> Path:

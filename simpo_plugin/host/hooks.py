@@ -22,6 +22,7 @@ HOST_HOOKS: dict[str, Callable[[ModuleType], bool]] = {
     "llamafactory.extras.constants": patches.patch_stage_constants,
     "llamafactory.webui.locales": patches.patch_locales,
     "llamafactory.webui.interface": patches.patch_train_tab,
+    "llamafactory.webui.components.train": patches.patch_dataset_list,
     "llamafactory.webui.runner": patches.patch_runner,
     "llamafactory.launcher": patches.patch_launcher,
     "llamafactory.train.callbacks": patches.patch_log_callback,

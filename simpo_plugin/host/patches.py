@@ -9,6 +9,8 @@ Touch-points (LLaMA-Factory 0.9.x):
   registered stages.
 - ``llamafactory.webui.locales.LOCALES``: the stages' widget labels in every UI language.
 - ``llamafactory.webui.interface.create_train_tab``: the Train tab gains each stage's widgets.
+- ``llamafactory.webui.components.train.list_datasets``: the Train tab's dataset list offers a stage's bundled
+  datasets while that stage is chosen.
 - ``llamafactory.webui.runner.Runner._parse_train_args``: a plugin stage's widgets become its YAML keys.
 - ``llamafactory.train.callbacks.LogCallback.on_log``: ``trainer_log.jsonl`` rows (LLaMA Board's live view) also
   carry a step's ``probe/*`` metrics and ``warning/*`` marks.
@@ -156,6 +158,17 @@ def patch_train_tab(module: ModuleType | None = None, registry: StageRegistry = 
 
 def unpatch_train_tab(module: ModuleType | None = None) -> bool:
     return _unwrap(module or sys.modules["llamafactory.webui.interface"], "create_train_tab")
+
+
+def patch_dataset_list(module: ModuleType | None = None, registry: StageRegistry = REGISTRY) -> bool:
+    from .webui import wrap_list_datasets
+
+    module = module or sys.modules["llamafactory.webui.components.train"]
+    return _wrap(module, "list_datasets", lambda original: wrap_list_datasets(original, _ui_stages(registry)))
+
+
+def unpatch_dataset_list(module: ModuleType | None = None) -> bool:
+    return _unwrap(module or sys.modules["llamafactory.webui.components.train"], "list_datasets")
 
 
 def patch_launcher(module: ModuleType | None = None, registry: StageRegistry = REGISTRY) -> bool:

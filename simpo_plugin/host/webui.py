@@ -2,11 +2,21 @@
 
 The host builds the Train tab in one function whose event handlers read a set of inputs captured at its start
 (``engine.manager.get_base_elems()``), so :func:`create_train_tab` creates the SimPO widgets unrendered, adds them
-to that base set for the duration of the call, then renders them inside the host's RLHF accordion. Nothing here
-imports gradio at module level: the stage record imports this module while the host is being imported.
+to that base set for the duration of the call, then renders them inside the host's RLHF accordion, in the rows
+the stage's :class:`StageUI` names. Choosing a plugin stage in the *Stage* dropdown then:
+
+- shows its accordion and hides the host widgets it does not read (its ``hides`` and every host widget of a key
+  the stage refuses or ignores: PPO's reward model and reward switches, packing, ...); any other stage shows them;
+- sets the host fields it has its own defaults for (``host_values``: SimPO's learning rate and epochs) when the
+  user left them at the host's defaults, and puts the host's defaults back when another stage is chosen;
+- offers its bundled datasets (``datasets``) in the dataset list beside those of ``dataset_dir``
+  (:func:`wrap_list_datasets`).
+
+Nothing here imports gradio at module level: the stage record imports this module while the host is being
+imported.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,13 +80,14 @@ def build_simpo_widgets() -> dict[str, Any]:
     """The SimPO controls, unrendered, keyed by the names the host's manager and locales use."""
     import gradio as gr
 
+    wide = {"render": False, "min_width": 260}  # a slider's label, info line and number box on one line
     return {
-        "simpo_beta": gr.Slider(minimum=0.1, maximum=20.0, value=2.0, step=0.1, render=False),
-        "simpo_margin_mode": gr.Dropdown(choices=list(MARGIN_MODES), value="gamma/beta", render=False),
-        "simpo_margin": gr.Slider(minimum=0.0, maximum=10.0, value=0.5, step=0.01, render=False),
-        "simpo_ftx": gr.Slider(minimum=0.0, maximum=10.0, value=0.0, step=0.01, render=False),
-        "simpo_label_smoothing": gr.Slider(minimum=0.0, maximum=0.49, value=0.0, step=0.01, render=False),
-        "simpo_loss_type": gr.Dropdown(choices=["sigmoid", "hinge"], value="sigmoid", render=False),
+        "simpo_beta": gr.Slider(minimum=0.1, maximum=20.0, value=2.0, step=0.1, **wide),
+        "simpo_margin_mode": gr.Dropdown(choices=list(MARGIN_MODES), value="gamma/beta", **wide),
+        "simpo_margin": gr.Slider(minimum=0.0, maximum=10.0, value=0.5, step=0.01, **wide),
+        "simpo_loss_type": gr.Dropdown(choices=["sigmoid", "hinge"], value="sigmoid", **wide),
+        "simpo_label_smoothing": gr.Slider(minimum=0.0, maximum=0.49, value=0.0, step=0.01, **wide),
+        "simpo_ftx": gr.Slider(minimum=0.0, maximum=10.0, value=0.0, step=0.01, **wide),
     }
 
 
@@ -117,13 +128,63 @@ class StageUI:
     to_args: Callable[[Callable[[str], Any]], dict[str, Any]]
     locales: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
     accordion: str = "simpo_tab"
-    hides: tuple[str, ...] = ()  # host widgets that do not apply while this stage is chosen
+    hides: tuple[str, ...] = ()  # host widgets that do not apply while this stage is chosen (besides the widgets
+    # of the keys the stage record refuses or ignores, which are hidden too)
     wire: Callable[[dict[str, Any]], None] | None = None  # events between the stage's own widgets
+    rows: tuple[tuple[str, ...], ...] = ()  # the widgets' rows in the accordion; () = all in one row
+    host_values: Mapping[str, Any] = field(default_factory=dict)  # host widget -> its value under this stage
+    datasets: Callable[[], dict[str, dict]] | None = None  # dataset_info entries offered beside dataset_dir's
 
 
-# The host's DPO beta, ftx weight and loss type: SimPO has its own beta and SFT weight, and its own loss.
+# The host's DPO beta and ftx weight: SimPO has its own beta and SFT weight (its loss type is a refused key).
+# Three controls a row, the margin beside beta and its unit; the stage record adds host_values and datasets.
 SIMPO_UI = StageUI(build=build_simpo_widgets, to_args=simpo_train_args, locales=SIMPO_LOCALES,
-                   hides=("pref_beta", "pref_ftx", "pref_loss"), wire=wire_simpo_widgets)  # fmt: skip
+                   hides=("pref_beta", "pref_ftx", "pref_loss"), wire=wire_simpo_widgets,
+                   rows=(("simpo_beta", "simpo_margin_mode", "simpo_margin"),
+                         ("simpo_loss_type", "simpo_label_smoothing", "simpo_ftx")))  # fmt: skip
+
+
+def hidden_host_widgets(stage: Any, host_widgets: Any) -> set[str]:
+    """The host widgets ``stage`` hides: its UI's ``hides`` and those of the keys it refuses or ignores."""
+    keys = {*stage.ui.hides, *stage.rejected_keys, *stage.ignored_keys}
+    return {name for name in keys if name in host_widgets}
+
+
+def stage_values(label: str, current: Mapping[str, Any], host: Mapping[str, Any], stages: list) -> dict[str, Any]:
+    """The host fields to set when the stage ``label`` is chosen: a field still at the host's default or at a
+    plugin stage's value takes the chosen stage's value (the host's default for a host stage); a field the user
+    changed is left out."""
+    own = {stage.label: stage.ui.host_values for stage in stages}.get(label, {})
+    updates = {}
+    for name, value in current.items():
+        ours = {stage.ui.host_values[name] for stage in stages if name in stage.ui.host_values}
+        target = own.get(name, host[name])
+        if (value == host[name] or value in ours) and value != target:
+            updates[name] = target
+    return updates
+
+
+def wrap_list_datasets(original: Callable, stages: list) -> Callable:
+    """The host's dataset list for the Train tab, plus a plugin stage's bundled datasets of the right kind
+    (``ranking`` as the stage's pair-data flag, as the host filters dataset_info.json) for that stage."""
+    import functools
+
+    import gradio as gr
+
+    by_label = {stage.label: stage for stage in stages if stage.ui.datasets is not None}
+
+    @functools.wraps(original)
+    def list_datasets(*args: Any, **kwargs: Any) -> Any:
+        listed = original(*args, **kwargs)
+        stage = by_label.get(args[1] if len(args) > 1 else kwargs.get("training_stage"))
+        if stage is None:
+            return listed
+        names = [choice[0] if isinstance(choice, tuple) else choice for choice in listed.choices or []]
+        extra = [name for name, info in stage.ui.datasets().items()
+                 if info.get("ranking", False) == stage.uses_pair_data and name not in names]  # fmt: skip
+        return gr.Dropdown(choices=names + extra) if extra else listed
+
+    return list_datasets
 
 
 def wrap_create_train_tab(original: Callable, stages: list) -> Callable:
@@ -147,9 +208,10 @@ def wrap_create_train_tab(original: Callable, stages: list) -> Callable:
         with elem_dict["rlhf_tab"]:
             for stage, built in per_stage:
                 with gr.Accordion(open=True, visible=False) as accordion:  # shown while its stage is chosen
-                    with gr.Row():
-                        for widget in built.values():
-                            widget.render()
+                    for row in stage.ui.rows or (tuple(built),):
+                        with gr.Row():
+                            for name in row:
+                                built[name].render()
                 elem_dict[stage.ui.accordion] = accordion
                 if stage.ui.wire is not None:
                     stage.ui.wire(built)
@@ -167,7 +229,7 @@ def wrap_create_train_tab(original: Callable, stages: list) -> Callable:
         )
         hidden_by: dict[str, set[str]] = {}  # host widget -> labels of the stages that hide it
         for stage in stages:
-            for name in stage.ui.hides:
+            for name in hidden_host_widgets(stage, elem_dict.keys() - widgets.keys()):
                 hidden_by.setdefault(name, set()).add(stage.label)
         if hidden_by:
             names = sorted(hidden_by)
@@ -177,6 +239,26 @@ def wrap_create_train_tab(original: Callable, stages: list) -> Callable:
                 [elem_dict[name] for name in names],
                 queue=False,
             )
+        _wire_host_values(elem_dict, stages)
         return elem_dict
 
     return create_train_tab
+
+
+def _wire_host_values(elem_dict: dict[str, Any], stages: list) -> None:
+    """A user's choice of stage (``.input``: a loaded config keeps its numbers) brings that stage's host values."""
+    import gradio as gr
+
+    names = sorted({name for stage in stages for name in stage.ui.host_values if name in elem_dict})
+    if not names:
+        return
+    host = {name: elem_dict[name].value for name in names}  # the host's defaults, as built
+
+    def choose_stage(label: str, *current: Any) -> list:
+        updates = stage_values(label, dict(zip(names, current, strict=True)), host, stages)
+        return [gr.update(value=updates[name]) if name in updates else gr.update() for name in names]
+
+    elem_dict["training_stage"].input(
+        choose_stage, [elem_dict["training_stage"], *(elem_dict[name] for name in names)],
+        [elem_dict[name] for name in names], queue=False,
+    )  # fmt: skip

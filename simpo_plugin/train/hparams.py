@@ -22,6 +22,10 @@ DEFAULT_BETA = 2.0
 DEFAULT_GAMMA_BETA_RATIO = 0.5
 LOSS_TYPES = ("sigmoid", "hinge")
 DEFAULT_PROBE_STEPS = 50
+# LLaMA Board's fields that choosing SimPO sets while they hold the host's defaults (5e-5, 3 epochs): the authors'
+# learning-rate range tops out at 1e-6 and they train 1 epoch (docs/simpo.md); above 1e-6 at the board's batch of
+# 2 x 8 the collapse monitor's setup hint fires.
+BOARD_HOST_VALUES = {"learning_rate": "1e-6", "num_train_epochs": "1.0"}
 
 # Host keys that only make sense for DPO; giving one under `stage: simpo` is an error, with this hint.
 DPO_ONLY_KEYS = {
@@ -55,6 +59,10 @@ IGNORED_HOST_KEYS = {
     "ppo_epochs": "a PPO key",
     "ppo_buffer_size": "a PPO key",
     "ppo_target": "a PPO key",
+    "ppo_score_norm": "a PPO key",
+    "ppo_whiten_rewards": "a PPO key",
+    "train_on_prompt": "the loss reads the responses only (a pair's prompt is shared by both answers)",
+    "mask_history": "the loss reads the responses only (a pair's prompt is shared by both answers)",
     "reward_model": "a PPO key; probes take `simpo_probe_reward_model`",
 }
 

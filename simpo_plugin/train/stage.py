@@ -3,10 +3,13 @@
 Importing this module must stay cheap (no torch): the host loads it while ``llamafactory`` itself is imported.
 """
 
+from dataclasses import replace
 from typing import Any
 
+from ..data import bundled_info
 from ..host import SIMPO_UI, Stage
 from .hparams import (
+    BOARD_HOST_VALUES,
     DEFAULT_BETA,
     DEFAULT_GAMMA_BETA_RATIO,
     DPO_ONLY_KEYS,
@@ -29,7 +32,7 @@ SIMPO_STAGE = Stage(
     resolve=resolve_simpo_args,
     label="SimPO",
     uses_pair_data=True,
-    ui=SIMPO_UI,
+    ui=replace(SIMPO_UI, host_values=BOARD_HOST_VALUES, datasets=bundled_info),  # simpo_demo in the dataset list
     host_defaults={
         "pref_beta": (DEFAULT_BETA, "SimPO's beta, the reward scale (the paper uses 2-10)"),
         "simpo_gamma": (
