@@ -41,6 +41,8 @@ demo: setup
 	llamafactory-cli train examples/demo/simpo_demo.yaml model_name_or_path=$(DEMO_DIR)/tiny-llama \
 		dataset_dir=$(DEMO_DIR)/data output_dir=$(DEMO_DIR)/simpo-tiny-full
 	@echo "Trained model, trainer_log.jsonl and plots (training_simpo_*.png) are in $(DEMO_DIR)/simpo-tiny-full"
+	@echo "Next: make onpolicy-demo (a real model: on-policy pairs, SimPO, a judged verdict; about 10 min), then"
+	@echo "make rounds-demo (the recipe in rounds); docs/getting-started.md, section 3, says what each shows."
 
 # The web UI browser test drives Debian's Chromium through Playwright (no browser download); it is skipped,
 # with the reason printed, only where Chromium cannot be installed.
@@ -112,6 +114,7 @@ onpolicy-demo: setup
 	llamafactory-cli train examples/onpolicy/train.yaml
 	simpo-plugin eval examples/onpolicy/eval.yaml
 	simpo-plugin eval examples/onpolicy/eval_judge.yaml
+	@echo "Reports: saves/smollm2-onpolicy/{pairs,eval,eval_judge}/*_report.md. Next: make rounds-demo (docs/rounds.md)."
 
 lint: setup
 	$(PY) -m ruff check simpo_plugin tests
