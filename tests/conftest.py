@@ -70,6 +70,7 @@ LONGEST_FIRST = (
     "test_server_vllm.py",
     "test_pairs_real_model.py",
     "test_reliability.py",
+    "test_launchers.py",
     "test_matrix.py",
     "test_gpu_check.py",
     "test_rounds.py",
