@@ -20,7 +20,7 @@ def losses_and_lines(tiny_assets, output_dir, env=None, **keys) -> tuple[list[fl
     result = run_cli(config, output_dir, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     lines = [line for line in (result.stdout + result.stderr).splitlines()
-             if "simpo-plugin:" in line and "hint:" not in line]  # fmt: skip
+             if "simpo-plugin:" in line and "hint:" not in line and "simpo-plugin: recap" not in line]  # fmt: skip
     return [entry["loss"] for entry in log_history(output_dir) if "loss" in entry], lines
 
 

@@ -53,7 +53,11 @@ def run_cell(tiny_assets, output_dir: Path, ranks: int = 1, deepspeed: str | Non
     env = cli_env(FORCE_TORCHRUN="1", NPROC_PER_NODE=str(ranks)) if ranks > 1 else None
     result = run_cli(config, output_dir, env=env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    lines = [line for line in (result.stdout + result.stderr).splitlines() if "simpo-plugin:" in line]
+    lines = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if "simpo-plugin:" in line and "simpo-plugin: recap" not in line
+    ]  # the recap restates lines checked here
     history = log_history(output_dir)
     generations = output_dir / "generations.jsonl"
     records = [json.loads(line) for line in generations.read_text().splitlines()] if generations.exists() else []
@@ -180,7 +184,8 @@ def test_prompts_beyond_cutoff_len_train_and_probes_take_those_that_fit(tiny_ass
     data = write_preference_dataset(tmp_path / "data", "mixed_lengths", rows)
     run = run_cell(tiny_assets, tmp_path / "out", dataset="mixed_lengths", dataset_dir=str(data), eval_dataset=None,
                    do_eval=False, cutoff_len=64)  # fmt: skip
-    assert run["lines"] == [] and run["probes"] == [0, 1, 2] and len(run["losses"]) == 2
+    assert len(run["lines"]) == 1 and "`cutoff_len: 64` cuts the prompt of 12 of 24 training pairs" in run["lines"][0]
+    assert run["probes"] == [0, 1, 2] and len(run["losses"]) == 2
     generations = [json.loads(line) for line in (tmp_path / "out" / "generations.jsonl").read_text().splitlines()]
     assert {g["prompt"] for g in generations} <= {row["instruction"] for row in rows[1::2]}
 

@@ -7,6 +7,7 @@ import pytest
 import yaml
 from conftest import log_history, run_cli
 
+from simpo_plugin.errors import EmptyOutput
 from simpo_plugin.evaluation import evaluate_models
 from simpo_plugin.evaluation.checks import load_check_set
 from simpo_plugin.pairs import build_pairs
@@ -32,9 +33,18 @@ def test_greedy_answer_is_right(smollm2, tmp_path) -> None:
     (data / "q.json").write_text(json.dumps([{"instruction": "What is the capital of France?"}]))
     info = {"q": {"file_name": "q.json", "columns": {"prompt": "instruction"}}}
     (data / "dataset_info.json").write_text(json.dumps(info))
-    stats = build_pairs(example_config(smollm2, tmp_path / "out", dataset="q", dataset_dir=str(data), temperature=0,
-                                       num_samples=2, max_new_tokens=24))  # fmt: skip
-    assert stats.drops["identical"] == 1
+    with pytest.raises(EmptyOutput, match=r"no pairs kept from 1 prompts .* Dropped: identical 1"):
+        build_pairs(
+            example_config(
+                smollm2,
+                tmp_path / "out",
+                dataset="q",
+                dataset_dir=str(data),
+                temperature=0,
+                num_samples=2,
+                max_new_tokens=24,
+            )
+        )  # fmt: skip (two greedy answers: no pair)
     first = json.loads((tmp_path / "out" / "candidates.jsonl").read_text().splitlines()[0])
     assert "Paris" in first["response"] and first["flags"] == [] and "<|im_end|>" not in first["response"]
 
