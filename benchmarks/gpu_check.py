@@ -206,8 +206,12 @@ def part_cli(check: Check) -> None:
         return
     history = json.loads((work / "out" / "trainer_state.json").read_text())["log_history"]
     probes = [e for e in history if "probe/length" in e]
-    lines = [line for line in (result.stdout + result.stderr).splitlines()
-             if "simpo-plugin:" in line and "simpo-plugin: hint:" not in line]  # fmt: skip
+    lines = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if "simpo-plugin:" in line and not any(f"simpo-plugin: {kind}" in line for kind in ("hint:", "recap"))
+    ]
+    # fmt: skip (the recap restates lines already checked here)
     scored = all("probe/reward" in e and "probe/judge_win_rate" in e for e in probes)
     ok = [e["step"] for e in probes] == [0, 1, 2] and scored and not lines
     check.add("cli", label, "PASS" if ok else "FAIL",
