@@ -223,7 +223,8 @@ def part_bench(check: Check) -> None:
     work = check.out / "bench"
     work.mkdir(parents=True, exist_ok=True)
     if check.dry_run:
-        args = ["--quick", "--no-profile", "--idle-wait", "0", "--retries", "0"]
+        # the script end to end, not its numbers: one warm-up step and one timed step per implementation
+        args = ["--quick", "--no-profile", "--idle-wait", "0", "--retries", "0", "--batches", "1", "--repeats", "1"]
     else:
         args = ["--model-shape", "1b", "--dtype", "bf16", "--lengths", "real", "--cutoff-len", "2048",
                 "--batch-size", "8", "--warmup-steps", "2", "--batches", "3", "--repeats", "1"]  # fmt: skip

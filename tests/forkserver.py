@@ -7,12 +7,14 @@ per request: a separate process with its own working directory, environment, arg
 status, whose interpreter exits as the command's does (`atexit` handlers, non-daemon threads joined). Nothing a run
 changes reaches the next one.
 
-Three kinds of process are forked:
+Four kinds of process are forked:
 - a script of this venv, asked for by `conftest.run_command` over this server's stdin/stdout: a console script
   (`llamafactory-cli`, `simpo-plugin`) or a test's Python script, run as `python SCRIPT ARGS` would run it;
 - `torchrun`, when the host launches it: a forked CLI finds a relay named `torchrun` first on its PATH;
 - torchrun's workers (`python -u launcher.py ...`): the forked CLI sets `PYTHON_EXEC`, torchrun's documented override
-  of the workers' interpreter, to a relay named `python`.
+  of the workers' interpreter, to a relay named `python`;
+- the `llamafactory-cli train` and `export` that a forked `simpo-plugin rounds` starts for each round: it finds the
+  CLI through `rounds.phases.cli_program`, which a forked run points at a relay named `llamafactory-cli`.
 A relay (`relay`) is a small process in the command's place: it hands its stdin/stdout/stderr to this server over a
 Unix socket, forwards every signal it gets to the forked process (torchrun stops its workers by signalling their
 process group, which is the relay's), and exits as that process did, by the same signal where one killed it. If the
@@ -81,6 +83,7 @@ def preload() -> None:
         AutoModelForTextToWaveform,
     )
 
+    import simpo_plugin.rounds.phases  # noqa: F401
     import simpo_plugin.train.trainer  # noqa: F401
     import simpo_plugin.train.workflow  # noqa: F401
 
@@ -124,8 +127,10 @@ class Server:
         os.mkdir(self.bin)
         self.python = os.path.join(self.folder, "python")  # the workers' PYTHON_EXEC, on no PATH
         torchrun = shutil.which("torchrun", path=os.environ.get("PATH")) or "torchrun"
+        self.cli = os.path.join(self.folder, "llamafactory-cli")  # what a forked run starts by the CLI's path
+        cli = os.path.join(os.path.dirname(sys.executable), "llamafactory-cli")
         for mode, real, path in (("torchrun", torchrun, os.path.join(self.bin, "torchrun")),
-                                 ("python", sys.executable, self.python)):  # fmt: skip
+                                 ("python", sys.executable, self.python), ("script", cli, self.cli)):  # fmt: skip
             with open(path, "w", encoding="utf-8") as file:
                 file.write(f"#!{sys.executable} -S\nimport sys\nsys.path.insert(0, {os.path.dirname(__file__)!r})\n"
                            f"import forkserver\nforkserver.relay({mode!r}, {real!r})\n")  # fmt: skip
@@ -151,7 +156,7 @@ class Server:
             os.close(self.reply)
             relay_env = {"PATH": f"{self.bin}{os.pathsep}", "PYTHON_EXEC": self.python,
                          "SIMPO_FORK_SOCKET": self.socket_path}  # fmt: skip
-            return request | {"fds": list(fds), "imported": self.imported, "relay_env": relay_env}
+            return request | {"fds": list(fds), "imported": self.imported, "relay_env": relay_env, "cli": self.cli}
         for fd in fds:
             os.close(fd)
         self.children[pid] = channel
@@ -241,6 +246,12 @@ class Server:
 
 def become(request: dict) -> None:
     """Turn the forked child into the requested command's process, then run it as that command would."""
+    if request["mode"] in ("cli", "script"):
+        # `simpo-plugin rounds` starts each round's `llamafactory-cli train` / `export` by the CLI's path
+        # (rounds.phases.cli_program): in a forked run, that path is the relay, so those runs are forked too.
+        import simpo_plugin.rounds.phases as phases
+
+        phases.cli_program = lambda: request["cli"]
     if request["mode"] == "cli":
         null = os.open(os.devnull, os.O_RDONLY)
         fds = [null] + [os.open(request[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -255,7 +266,7 @@ def become(request: dict) -> None:
     os.environ.clear()
     os.environ.update(request["env"])
     argv = list(request["argv"])
-    if request["mode"] == "cli":
+    if request["mode"] in ("cli", "script"):
         for key, value in request["imported"].items():  # as the imports of a fresh interpreter would
             os.environ.setdefault(key, value)
         if "PYTHON_EXEC" not in os.environ:  # the host's torchrun and its workers are forked too, through relays
@@ -301,7 +312,8 @@ def relay(mode: str, real: str) -> None:
     try:
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         connection.connect(os.environ["SIMPO_FORK_SOCKET"])
-        request = {"mode": mode, "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}
+        command = [real, *argv] if mode == "script" else argv  # run as that console script
+        request = {"mode": mode, "argv": command, "cwd": os.getcwd(), "env": dict(os.environ)}
         socket.send_fds(connection, [(json.dumps(request) + "\n").encode()], [0, 1, 2])
         reader = connection.makefile("r", encoding="utf-8")
         reply = json.loads(reader.readline())

@@ -25,6 +25,7 @@ def evaluated(tiny_assets, tmp_path_factory) -> dict:
     for key in ("model_name_or_path", "num_samples", "drop_truncated", "batch_size", "seed"):
         config.pop(key)
     config["models"] = f"{tiny_assets['model']},{root / 'lora'}"
+    config["bootstrap_samples"] = 20  # the intervals' resamples (each refits the LC GLM): 200 took 20 s an eval
     (root / "eval.yaml").write_text(json.dumps(config))
     script = Path(sys.executable).with_name("simpo-plugin")
     result = run_command([str(script), "eval", str(root / "eval.yaml")], root, cli_env())

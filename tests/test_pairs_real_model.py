@@ -75,9 +75,16 @@ def test_example_pairs_are_real_answers_and_train(smollm2, tmp_path) -> None:
     probes = [entry for entry in history if "probe/length" in entry]
     assert [entry["step"] for entry in probes] == [0, 1, 2] and probes[0]["probe/eos_rate"] > 0  # real answers end
 
+    # SmolLM2 judges itself below (a weak judge, but a real one: its logits over `1` and `2`), with arithmetic checks:
+    # the first 4 tasks of the bundled set, as a set of the user's own (all 16 took 75 s of greedy answers on 2
+    # cores). The checks are generated here, with the answers, so that the judged evaluation reads both back from
+    # the shared answers cache: it changes only how answers are judged.
+    arithmetic = tmp_path / "arithmetic.json"
+    arithmetic.write_text(json.dumps(load_check_set("arithmetic")[1][:4]))
     evaluate = yaml.safe_load((EXAMPLE / "eval.yaml").read_text())
     evaluate.update(models=[str(smollm2), str(tmp_path / "simpo")], dataset_dir=str(EXAMPLE / "data"), max_samples=6,
-                    max_new_tokens=32, output_dir=str(tmp_path / "eval"),
+                    max_new_tokens=32, output_dir=str(tmp_path / "eval"), checks=[str(arithmetic)],
+                    answers_cache=str(tmp_path / "answers"), bootstrap_samples=50,
                     reward_function=f"{EXAMPLE / 'rewards.py'}:concise_answer")  # fmt: skip
     results = evaluate_models(evaluate)
     trained = results[str(tmp_path / "simpo")]
@@ -85,14 +92,13 @@ def test_example_pairs_are_real_answers_and_train(smollm2, tmp_path) -> None:
     assert trained["win_rate_ci"][0] <= trained["win_rate"] <= trained["win_rate_ci"][1]
     assert "| prompt |" in (tmp_path / "eval" / "eval_report.md").read_text()
 
-    # SmolLM2 judges itself (a weak judge, but a real one: its logits over `1` and `2`), with arithmetic checks: the
-    # first 4 tasks of the bundled set, as a set of the user's own (all 16 took 75 s of greedy answers on 2 cores).
-    arithmetic = tmp_path / "arithmetic.json"
-    arithmetic.write_text(json.dumps(load_check_set("arithmetic")[1][:4]))
+    answers = {path: path.stat().st_mtime_ns for path in (tmp_path / "answers").glob("*.json")}
+    assert len(answers) == 2  # one file per model: its answers and check replies
     evaluate.pop("reward_function")
-    evaluate.update(judge_model=str(smollm2), checks=[str(arithmetic)], output_dir=str(tmp_path / "judged"),
-                    bootstrap_samples=50)  # fmt: skip
+    evaluate.update(judge_model=str(smollm2), output_dir=str(tmp_path / "judged"))
     results = evaluate_models(evaluate)
+    # read back, none generated again
+    assert {path: path.stat().st_mtime_ns for path in (tmp_path / "answers").glob("*.json")} == answers
     trained, start = results[str(tmp_path / "simpo")], results[str(smollm2)]
     assert 0 <= trained["position_consistency"] <= 1 and 0 < trained["win_rate"] < 100
     assert "lc_win_rate" in trained and start["checks"]["arithmetic"]["score"] >= 0

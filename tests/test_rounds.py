@@ -155,7 +155,15 @@ def test_lora_rounds_are_merged_or_stacked_into_the_next_policy(tiny_assets, tmp
 
 
 def test_a_kill_during_round_2_training_resumes_to_the_same_results(two_rounds, tiny_assets, tmp_path) -> None:
-    config = dict(two_rounds["config"], output_dir=str(tmp_path / "out"))
+    """SIGTERM to a real `simpo-plugin rounds` process (not forked: its signal path and its CLI children are real)
+    once round 2's training saved a checkpoint; the rerun resumes that training and ends with the uninterrupted
+    run's results. The run starts from a copy of the two rounds with round 1 finished (as a rerun finds it: its
+    phases name the first run's policy), so the process's time goes to round 2."""
+    out = tmp_path / "out"
+    shutil.copytree(two_rounds["out"], out)
+    for name in ("round_2", "rounds_results.json", "rounds_report.md", "rounds.png"):
+        shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
+    config = dict(two_rounds["config"], output_dir=str(out))
     path = tmp_path / "rounds.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     log = (tmp_path / "killed.log").open("w")  # a file, not a pipe: nobody reads while the test waits

@@ -10,7 +10,9 @@ from conftest import base_config, cli_env, log_history, read_metrics, run_cli
 from safetensors.torch import load_file
 
 
-pytestmark = pytest.mark.host  # the host's contract: `make test-lowest` runs it too
+# Every test here is the host's contract (`host`: `make test-lowest` runs it too) but two, unmarked: the lowest-host
+# suite launches DDP and compares the fast path with the plain one through test_matrix.py's cells instead
+# (docs/testing.md, "Markers").
 
 
 TRAIN_KEYS = {
@@ -37,6 +39,7 @@ def full_run(tiny_assets, tmp_path_factory):
     return {"before": read_metrics(root / "before", "eval"), "out": root / "out", "result": after}
 
 
+@pytest.mark.host
 def test_full_training_learns_the_preference(full_run) -> None:
     before = full_run["before"]["eval_rewards/accuracies"]
     after = read_metrics(full_run["out"], "eval")["eval_rewards/accuracies"]
@@ -46,6 +49,7 @@ def test_full_training_learns_the_preference(full_run) -> None:
     assert read_metrics(full_run["out"], "eval")["eval_rewards/margins"] > full_run["before"]["eval_rewards/margins"]
 
 
+@pytest.mark.host
 def test_full_training_logs_metrics_and_resolved_config(full_run) -> None:
     history = log_history(full_run["out"])
     train_logs = [entry for entry in history if "loss" in entry]
@@ -60,6 +64,7 @@ def test_full_training_logs_metrics_and_resolved_config(full_run) -> None:
         assert (full_run["out"] / f"training_{name}.png").stat().st_size > 10_000, name
 
 
+@pytest.mark.host
 def test_full_model_changes_and_reloads(full_run, tiny_assets) -> None:
     from transformers import AutoModelForCausalLM
 
@@ -71,6 +76,7 @@ def test_full_model_changes_and_reloads(full_run, tiny_assets) -> None:
     assert torch.equal(model.lm_head.weight, trained["lm_head.weight"])
 
 
+@pytest.mark.host
 def test_lora_adapter_trains_and_reloads(tiny_assets, tmp_path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -98,6 +104,7 @@ def test_two_process_ddp_logs_the_same_metrics(tiny_assets, tmp_path) -> None:
     assert len(train_logs) == 2 and TRAIN_KEYS <= set(train_logs[0])
 
 
+@pytest.mark.host
 def test_dpo_is_untouched_by_the_plugin(tiny_assets, tmp_path) -> None:
     """The host's own `stage: dpo` + `pref_loss: simpo` logs the same numbers with the plugin on and off."""
     histories = []
@@ -112,6 +119,7 @@ def test_dpo_is_untouched_by_the_plugin(tiny_assets, tmp_path) -> None:
     assert "logits/chosen" in histories[0][0]  # the host's metric set, not ours
 
 
+@pytest.mark.host
 def test_disabled_plugin_leaves_stage_unknown(tiny_assets, tmp_path) -> None:
     result = run_cli(base_config(tiny_assets, tmp_path / "o"), tmp_path, env=cli_env(SIMPO_PLUGIN_DISABLE="1"))
     assert result.returncode != 0 and "Unknown task: simpo" in result.stderr
@@ -139,6 +147,7 @@ def _bad_dataset(dataset_dir: Path, name: str, rows: list, ranking: bool = True)
         ("empty", [], True, "is empty"),
     ],
 )
+@pytest.mark.host
 def test_bad_datasets_fail_with_one_clear_line(tiny_assets, tmp_path, name, rows, ranking, message) -> None:
     dataset_dir = tmp_path / "data"
     dataset_dir.mkdir()
@@ -153,6 +162,7 @@ def test_bad_datasets_fail_with_one_clear_line(tiny_assets, tmp_path, name, rows
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.host
 def test_bad_key_fails_before_loading_anything(tiny_assets, tmp_path) -> None:
     result = run_cli(base_config(tiny_assets, tmp_path / "o", pref_beta=-2.0), tmp_path)
     assert result.returncode != 0 and "Traceback" not in result.stderr
@@ -207,6 +217,7 @@ MISTAKES = [
 
 
 @pytest.mark.parametrize(("overrides", "message"), MISTAKES)
+@pytest.mark.host
 def test_config_mistakes_name_the_key_the_file_and_the_closest_name(tiny_assets, tmp_path, overrides, message) -> None:
     overrides = {key: value.replace("{tmp}", str(tmp_path)) if isinstance(value, str) else value
                  for key, value in overrides.items()}  # fmt: skip
@@ -220,6 +231,7 @@ def test_config_mistakes_name_the_key_the_file_and_the_closest_name(tiny_assets,
         assert "did you mean `simpo_synthetic`" in errors[0]
 
 
+@pytest.mark.host
 def test_keys_the_stage_ignores_are_named_with_what_it_does_instead(tiny_assets, tmp_path) -> None:
     config = base_config(tiny_assets, tmp_path / "o", packing=True, temperature=0.7, max_steps=1,
                          do_eval=False, eval_dataset=None, simpo_probe_steps=0)  # fmt: skip
@@ -230,6 +242,7 @@ def test_keys_the_stage_ignores_are_named_with_what_it_does_instead(tiny_assets,
     assert log.count("`temperature: 0.7` is ignored by `stage: simpo`: the generation probes decode greedily") == 1
 
 
+@pytest.mark.host
 def test_a_bundled_dataset_is_reachable_by_name(tiny_assets, tmp_path) -> None:
     """The README's config for a pip user: `dataset: simpo_demo` with no dataset_info.json of one's own."""
     config = base_config(tiny_assets, tmp_path / "o", dataset="simpo_demo", dataset_dir="data", eval_dataset=None,
