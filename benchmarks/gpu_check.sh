@@ -31,6 +31,9 @@ if compgen -G "$root/.whl/*.whl" > /dev/null; then
     site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
     "$image" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > "$site/zz_image.pth"
     export PATH="$venv/bin:$PATH:$root/.venv/bin"  # torchrun comes with the image's torch
+    # DeepSpeed's CPU collective op is compiled for this venv in a folder of its own: in the shared
+    # ~/.cache/torch_extensions it would replace .venv's build, which .venv's next ZeRO run compiles again.
+    export TORCH_EXTENSIONS_DIR=$out/torch_extensions
   else
     python3 -m venv --system-site-packages "$venv"
     export PATH="$venv/bin:$PATH"
