@@ -128,7 +128,9 @@ class Server:
         self.python = os.path.join(self.folder, "python")  # the workers' PYTHON_EXEC, on no PATH
         torchrun = shutil.which("torchrun", path=os.environ.get("PATH")) or "torchrun"
         self.cli = os.path.join(self.folder, "llamafactory-cli")  # what a forked run starts by the CLI's path
-        cli = os.path.join(os.path.dirname(sys.executable), "llamafactory-cli")
+        from simpo_plugin.rounds.phases import cli_program
+
+        cli = cli_program()  # the CLI a fresh `simpo-plugin rounds` would start (before become() patches it)
         for mode, real, path in (("torchrun", torchrun, os.path.join(self.bin, "torchrun")),
                                  ("python", sys.executable, self.python), ("script", cli, self.cli)):  # fmt: skip
             with open(path, "w", encoding="utf-8") as file:

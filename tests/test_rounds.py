@@ -161,15 +161,16 @@ def test_a_kill_during_round_2_training_resumes_to_the_same_results(two_rounds, 
     phases name the first run's policy), so the process's time goes to round 2."""
     out = tmp_path / "out"
     shutil.copytree(two_rounds["out"], out)
-    for name in ("round_2", "rounds_results.json", "rounds_report.md", "rounds.png"):
-        shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
+    shutil.rmtree(out / "round_2")
+    for name in ("rounds_results.json", "rounds_report.md", "rounds.png"):
+        (out / name).unlink()
     config = dict(two_rounds["config"], output_dir=str(out))
     path = tmp_path / "rounds.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     log = (tmp_path / "killed.log").open("w")  # a file, not a pipe: nobody reads while the test waits
     process = subprocess.Popen([str(SCRIPT), "rounds", str(path)], cwd=tmp_path, env=cli_env(), stdout=log,
                                stderr=subprocess.STDOUT)  # fmt: skip
-    checkpoint = tmp_path / "out" / "round_2" / "train" / "checkpoint-1"
+    checkpoint = out / "round_2" / "train" / "checkpoint-1"
     deadline = time.monotonic() + 600
     while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -178,12 +179,12 @@ def test_a_kill_during_round_2_training_resumes_to_the_same_results(two_rounds, 
     log.close()
     output = (tmp_path / "killed.log").read_text()
     assert process.returncode == 143, output[-3000:]
-    phases = json.loads((tmp_path / "out" / "round_2" / "phases.json").read_text())
+    phases = json.loads((out / "round_2" / "phases.json").read_text())
     assert "pairs" in phases and "train" not in phases  # stopped inside round 2's training, checkpoint saved
     resumed = run_rounds(config, path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Resuming training from" in (tmp_path / "out" / "round_2" / "train.log").read_text()
-    rows = json.loads((tmp_path / "out" / "rounds_results.json").read_text())
+    assert "Resuming training from" in (out / "round_2" / "train.log").read_text()
+    rows = json.loads((out / "rounds_results.json").read_text())
     expected = json.loads((two_rounds["out"] / "rounds_results.json").read_text())
     for row in (*rows, *expected):
         row.pop("seconds")
