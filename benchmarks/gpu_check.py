@@ -165,6 +165,26 @@ def part_syncs(check: Check) -> None:
               f"layout {layout_s * 1e3:.1f} ms, step {step_s * 1e3:.1f} ms ({layout_s / step_s:.2f}x)")  # fmt: skip
 
 
+def torchrun_elsewhere() -> str:
+    """Why the `torchrun` on PATH, which the host's launcher runs, would not run in this interpreter's environment
+    ('' when it does): its workers would import other packages than the ones this check installed."""
+    import shutil
+
+    found = shutil.which("torchrun")
+    if found is None:
+        return "no `torchrun` on PATH"
+    if Path(found).parent == Path(sys.executable).parent:
+        return ""
+    first = Path(found).read_bytes()[:512].split(b"\n", 1)[0].decode(errors="replace")
+    named = first[2:].split() if first.startswith("#!") else []
+    program = shutil.which(named[-1]) if named and named[0].endswith("/env") else (named[0] if named else None)
+    if program:
+        prefix = subprocess.run([program, "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True)
+        if prefix.stdout.strip() == sys.prefix:
+            return ""
+    return f"`torchrun` on PATH ({found}, {first!r}) does not run in {sys.prefix}"
+
+
 def part_cli(check: Check) -> None:
     import importlib.util
 
@@ -193,6 +213,10 @@ def part_cli(check: Check) -> None:
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     env = dict(os.environ, FORCE_TORCHRUN="1", NPROC_PER_NODE="1")
     cli = Path(sys.executable).with_name("llamafactory-cli")
+    runs_elsewhere = torchrun_elsewhere()
+    if runs_elsewhere:
+        check.add("cli", "ZeRO-3 + probes (reward model, judge)", "FAIL", runs_elsewhere)
+        return
     started = time.monotonic()
     result = subprocess.run([str(cli), "train", str(work / "config.yaml")], env=env, capture_output=True, text=True,
                             timeout=max(60, int(check.left())))  # fmt: skip
@@ -224,7 +248,8 @@ def part_bench(check: Check) -> None:
     work.mkdir(parents=True, exist_ok=True)
     if check.dry_run:
         # the script end to end, not its numbers: one warm-up step and one timed step per implementation
-        args = ["--quick", "--no-profile", "--idle-wait", "0", "--retries", "0", "--batches", "1", "--repeats", "1"]
+        args = ["--quick", "--no-profile", "--idle-wait", "0", "--retries", "0", "--batches", "1", "--repeats", "1",
+                "--cutoff-len", "256"]  # fmt: skip
     else:
         args = ["--model-shape", "1b", "--dtype", "bf16", "--lengths", "real", "--cutoff-len", "2048",
                 "--batch-size", "8", "--warmup-steps", "2", "--batches", "3", "--repeats", "1"]  # fmt: skip

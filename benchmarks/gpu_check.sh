@@ -30,7 +30,7 @@ if compgen -G "$root/.whl/*.whl" > /dev/null; then
     "$base" -m venv "$venv"
     site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
     "$image" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > "$site/zz_image.pth"
-    export PATH="$venv/bin:$PATH:$root/.venv/bin"  # torchrun comes with the image's torch
+    export PATH="$venv/bin:$PATH:$root/.venv/bin"  # ninja (DeepSpeed builds its ops with it) comes with the image
     # DeepSpeed's CPU collective op is compiled for this venv in a folder of its own: in the shared
     # ~/.cache/torch_extensions it would replace .venv's build, which .venv's next ZeRO run compiles again.
     export TORCH_EXTENSIONS_DIR=$out/torch_extensions
@@ -41,6 +41,12 @@ if compgen -G "$root/.whl/*.whl" > /dev/null; then
   echo "gpu_check: installing $(ls "$root"/.whl/*.whl | wc -l) wheels from .whl/ without a network"
   names=$(ls "$root"/.whl/*.whl | xargs -n1 basename | cut -d- -f1 | sort -u)  # pip picks each one's wheel
   "$venv/bin/python" -m pip install -q --no-index --no-deps --ignore-installed --find-links "$root/.whl" $names
+  # torch is the image's, so its torchrun is too: a script whose interpreter does not see this venv. The host's
+  # launcher (FORCE_TORCHRUN, the cli part) runs `torchrun` from PATH; this one runs it in the venv.
+  if [ ! -e "$venv/bin/torchrun" ]; then
+    printf '#!/bin/sh\nexec "%s" -m torch.distributed.run "$@"\n' "$venv/bin/python" > "$venv/bin/torchrun"
+    chmod +x "$venv/bin/torchrun"
+  fi
   python=$venv/bin/python
 else
   echo "gpu_check: no wheelhouse in .whl/ (make gpu-wheelhouse); running with what is installed"

@@ -3,7 +3,9 @@ shapes), through the same script and, where `make gpu-wheelhouse` filled .whl/ (
 installed without a network: neither the script nor the wheel list can rot unseen between GPU sessions."""
 
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 from conftest import cli_env
@@ -39,3 +41,19 @@ def test_the_dry_run_passes_every_part_that_runs_on_the_cpu(tmp_path) -> None:
     assert sum(part == "zero3" for part, _ in verdicts) == 6
     assert any(check.startswith("probe:") for part, check in verdicts if part == "zero3")
     assert (tmp_path / "table.md").read_text().startswith("| part | check | verdict | numbers |")
+
+
+def test_the_cli_part_fails_where_torchrun_runs_another_environment(tmp_path, monkeypatch) -> None:
+    """The host's launcher runs `torchrun` from PATH: one of the image's, whose interpreter does not see the check's
+    venv, would train with other packages than the ones installed (gpu_check.sh puts a torchrun in the venv)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import gpu_check
+
+    torchrun = tmp_path / "torchrun"
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    for interpreter, runs_here in ((sys._base_executable, False), (sys.executable, True)):
+        torchrun.write_text(f"#!{interpreter}\nimport sys\n")
+        torchrun.chmod(0o755)
+        reason = gpu_check.torchrun_elsewhere()
+        assert (reason == "") is runs_here, reason
+        assert runs_here or f"does not run in {sys.prefix}" in reason

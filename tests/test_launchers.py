@@ -122,6 +122,47 @@ def test_ray_launch_trains_like_torchrun(tiny_assets, torchrun_2, tmp_path, plac
     _assert_same_weights(out, torchrun_2)
 
 
+# --- the launcher alone signalled -----------------------------------------------------------------------------------
+
+
+def test_sigterm_to_the_launcher_alone_reaches_the_workers(tiny_assets, torchrun_2, tmp_path) -> None:
+    """`llamafactory-cli train` as a container's PID 1 (its own process group, the only process signalled): the
+    launcher passes SIGTERM on to torchrun's group, every rank checkpoints, the launcher exits 128 + SIGTERM, and the
+    resumed run ends with the losses and weights of an uninterrupted one."""
+    env = cli_env(FORCE_TORCHRUN="1", NPROC_PER_NODE="2")
+    out = tmp_path / "out"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(base_config(tiny_assets, out, **COMMON)))
+    with (tmp_path / "log.txt").open("w") as log:
+        launcher = subprocess.Popen([CLI, "train", str(tmp_path / "config.yaml")], cwd=tmp_path, env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        trainer_log, deadline = out / "trainer_log.jsonl", time.monotonic() + 300
+        try:
+            while not (trainer_log.is_file() and len(trainer_log.read_text().splitlines()) >= 3):
+                assert launcher.poll() is None and time.monotonic() < deadline, (tmp_path / "log.txt").read_text()[
+                    -3000:
+                ]
+                time.sleep(0.05)
+            os.kill(launcher.pid, signal.SIGTERM)  # the launcher only, not its group
+            code = launcher.wait(timeout=300)
+        finally:
+            _kill([(launcher, tmp_path / "log.txt")])
+    text = (tmp_path / "log.txt").read_text()
+    assert code == 128 + signal.SIGTERM, text[-3000:]
+    checkpoints = list(out.glob("checkpoint-*"))
+    assert len(checkpoints) == 1 and len(list(checkpoints[0].glob("rng_state_*.pth"))) == 2, text[-3000:]
+    step = int(checkpoints[0].name.split("-")[1])
+    assert 3 <= step < COMMON["max_steps"]
+    assert f"simpo-plugin: stopped by SIGTERM after step {step}; checkpoint saved to {checkpoints[0]}." in text
+    assert _losses(checkpoints[0]) == pytest.approx(_losses(torchrun_2)[:step], rel=1e-5)
+
+    resumed = base_config(tiny_assets, out, resume_from_checkpoint=str(checkpoints[0]), overwrite_output_dir=False,
+                          **COMMON)  # fmt: skip
+    result = run_cli(resumed, tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert _losses(out) == pytest.approx(_losses(torchrun_2), rel=1e-5)
+    _assert_same_weights(out, torchrun_2)
+
+
 # --- two nodes ------------------------------------------------------------------------------------------------------
 
 

@@ -1,6 +1,5 @@
 """Runs that go wrong stop loudly and leave only loadable checkpoints."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -14,9 +13,9 @@ from conftest import base_config, cli_env, log_history, run_cli, run_command
 from safetensors.torch import load_file
 
 
-# The lowest-host suite runs the one test whose signal path goes through the host's own launcher process (`host`
-# below); the rest check the plugin's stop, checkpoint and resume logic, which `make test` runs on the newest host
-# (docs/testing.md, "Markers").
+# These check the plugin's stop, checkpoint and resume logic, which `make test` runs on the newest host; the signal
+# path through the host's own launcher process is test_launchers.py's (`host`: the lowest host runs it too;
+# docs/testing.md, "Markers").
 
 
 LOGGED_LOSS_ROUNDING = 1.01e-4  # transformers 4.x logs `loss` rounded to 4 decimals; the weights are compared exactly
@@ -176,42 +175,3 @@ def test_a_repeat_within_the_window_is_the_same_request_and_a_later_one_stops_at
         assert time.monotonic() - started < 1.0
     finally:
         child.kill()
-
-
-@pytest.mark.host
-def test_sigterm_to_the_launcher_alone_reaches_the_workers(tiny_assets, tmp_path) -> None:
-    """`llamafactory-cli train` as a container's PID 1 (its own process group, the only process signalled): the
-    launcher passes SIGTERM on to torchrun's group, every rank checkpoints, the launcher exits 128 + SIGTERM, and the
-    resumed run ends with the weights of an uninterrupted one."""
-    common = dict(max_steps=200, logging_steps=1, do_eval=False, eval_dataset=None, learning_rate=5e-3,
-                  per_device_train_batch_size=2, simpo_probe_steps=0, disable_shuffling=True)  # fmt: skip
-    env = cli_env(FORCE_TORCHRUN="1", NPROC_PER_NODE="2")
-    assert_ok(run_cli(base_config(tiny_assets, tmp_path / "straight", **common), tmp_path / "straight", env=env))
-
-    out = tmp_path / "stopped"
-    out.mkdir()
-    (out / "config.yaml").write_text(yaml.safe_dump(base_config(tiny_assets, out / "out", **common)))
-    with (out / "log.txt").open("w") as log:
-        launcher = subprocess.Popen([str(Path(sys.executable).with_name("llamafactory-cli")), "train",
-                                     str(out / "config.yaml")], cwd=out, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)  # fmt: skip
-        trainer_log, deadline = out / "out" / "trainer_log.jsonl", time.monotonic() + 300
-        while not (trainer_log.is_file() and len(trainer_log.read_text().splitlines()) >= 3):
-            assert launcher.poll() is None and time.monotonic() < deadline, (out / "log.txt").read_text()[-3000:]
-            time.sleep(0.05)
-        os.kill(launcher.pid, signal.SIGTERM)  # the launcher only, not its group
-        assert launcher.wait(timeout=300) == 128 + signal.SIGTERM, (out / "log.txt").read_text()[-3000:]
-    text = (out / "log.txt").read_text()
-    checkpoints = list((out / "out").glob("checkpoint-*"))
-    assert len(checkpoints) == 1 and len(list(checkpoints[0].glob("rng_state_*.pth"))) == 2, text[-3000:]
-    step = int(checkpoints[0].name.split("-")[1])
-    assert 3 <= step < 200
-    assert f"simpo-plugin: stopped by SIGTERM after step {step}; checkpoint saved to {checkpoints[0]}." in text
-
-    resumed = base_config(tiny_assets, out / "out", resume_from_checkpoint=str(checkpoints[0]),
-                          overwrite_output_dir=False, **common)  # fmt: skip
-    assert_ok(run_cli(resumed, out, env=env))
-    expected = load_file(str(tmp_path / "straight" / "model.safetensors"))
-    actual = load_file(str(out / "out" / "model.safetensors"))
-    for key in expected:
-        torch.testing.assert_close(actual[key], expected[key], atol=1e-6, rtol=1e-5, msg=key)
