@@ -31,9 +31,6 @@ if compgen -G "$root/.whl/*.whl" > /dev/null; then
     site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
     "$image" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > "$site/zz_image.pth"
     export PATH="$venv/bin:$PATH:$root/.venv/bin"  # ninja (DeepSpeed builds its ops with it) comes with the image
-    # DeepSpeed's CPU collective op is compiled for this venv in a folder of its own: in the shared
-    # ~/.cache/torch_extensions it would replace .venv's build, which .venv's next ZeRO run compiles again.
-    export TORCH_EXTENSIONS_DIR=$out/torch_extensions
   else
     python3 -m venv --system-site-packages "$venv"
     export PATH="$venv/bin:$PATH"
@@ -41,6 +38,20 @@ if compgen -G "$root/.whl/*.whl" > /dev/null; then
   echo "gpu_check: installing $(ls "$root"/.whl/*.whl | wc -l) wheels from .whl/ without a network"
   names=$(ls "$root"/.whl/*.whl | xargs -n1 basename | cut -d- -f1 | sort -u)  # pip picks each one's wheel
   "$venv/bin/python" -m pip install -q --no-index --no-deps --ignore-installed --find-links "$root/.whl" $names
+  if [ $dry = 1 ]; then
+    # DeepSpeed compiles its CPU collective op on first use, per copy (the build names its source paths): 50 s alone,
+    # about 140 s beside the other test worker. When the wheelhouse's DeepSpeed is the release .venv runs (it is
+    # built from that release's sdist), the dry run uninstalls its copy, once installed, and goes on with .venv's
+    # and its build in ~/.cache/torch_extensions; another release compiles into a folder of its own, since in the
+    # shared one it would replace .venv's build.
+    version="import importlib.metadata as m; print(m.version('deepspeed'))"
+    if [ "$("$venv/bin/python" -c "$version")" = "$("$image" -c "$version")" ]; then
+      "$venv/bin/python" -m pip uninstall -q -y deepspeed
+      echo "gpu_check: deepspeed $("$image" -c "$version") from .whl/ installs; the dry run runs .venv's copy of it"
+    else
+      export TORCH_EXTENSIONS_DIR=$out/torch_extensions
+    fi
+  fi
   # torch is the image's, so its torchrun is too: a script whose interpreter does not see this venv. The host's
   # launcher (FORCE_TORCHRUN, the cli part) runs `torchrun` from PATH; this one runs it in the venv.
   if [ ! -e "$venv/bin/torchrun" ]; then

@@ -30,6 +30,8 @@ def test_the_dry_run_passes_every_part_that_runs_on_the_cpu(tmp_path) -> None:
     if wheelhouse:  # installed from it, offline, and what runs is what it holds
         assert "wheels from .whl/ without a network" in result.stdout
         assert (tmp_path / "venv" / "bin" / "llamafactory-cli").exists()
+        # the wheelhouse's DeepSpeed is .venv's release: installed, then .venv's copy runs (its op compiled once)
+        assert "the dry run runs .venv's copy of it" in result.stdout
     rows = json.loads((tmp_path / "results.json").read_text())
     verdicts = {(row["part"], row["check"]): row["verdict"] for row in rows}
     assert {part for part, _ in verdicts} == {"setup", "exact", "zero3", "syncs", "cli", "bench"}
