@@ -79,8 +79,7 @@ TEST_CWD := $(if $(filter wheel,$(INSTALL)),$(VENV),.)
 # the other computes. Each test file runs on one worker, so its module fixtures are built once (the matrix splits by
 # finetuning type: tests/conftest.py, `work_unit`); `make test XDIST=` runs everything in one process.
 XDIST ?= -n 2 --dist loadfile --no-loadscope-reorder
-# What the tests need, set up at once: each pip install is mostly one core and the network, so the three
-# environments of CI took 212 s side by side, where .venv alone takes 147 s (2 cores).
+# What the tests need, set up at once (make -j): CI's three environments take 344-367 s side by side on 2 cores.
 deps:
 	$(MAKE) -j3 -Otarget setup chromium vllm-env
 
